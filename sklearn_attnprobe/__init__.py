@@ -1,0 +1,23 @@
+"""Probes on language-model activations, the scikit-learn way.
+
+Three classifiers over ragged per-token activations (one ``(T_i, d_model)``
+array per text): :class:`AttentionProbeClassifier`,
+:class:`MeanProbeClassifier` and :class:`LastTokenProbeClassifier`, plus the
+:class:`RaggedArray` container and the :class:`ActivationScaler` transformer.
+"""
+
+from ._attention import AttentionProbeClassifier
+from ._pooled import LastTokenProbeClassifier, MeanProbeClassifier
+from ._ragged import RaggedArray
+from ._scaler import ActivationScaler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationScaler",
+    "AttentionProbeClassifier",
+    "LastTokenProbeClassifier",
+    "MeanProbeClassifier",
+    "RaggedArray",
+    "__version__",
+]

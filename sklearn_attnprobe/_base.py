@@ -1,0 +1,198 @@
+"""What the three probe estimators share: validation, targets, prediction."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from scipy.special import expit, log_expit, log_softmax, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from ._packing import inverse_order
+from ._training import TrainingSet, fit_module, n_iterations
+from ._validation import validate_ragged, validate_targets
+
+_COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(device):
+    """``"auto"`` -> CUDA when available, else CPU; check CUDA is there."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available")
+    return dev
+
+
+class BaseProbe(ClassifierMixin, BaseEstimator):
+    """Base class of the probes; not for direct use."""
+
+    _parameter_constraints = {
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "device": [str, torch.device],
+        "compute_dtype": [StrOptions({"auto", *_COMPUTE_DTYPES})],
+        "warm_start": ["boolean"],
+        "random_state": ["random_state"],
+        "callbacks": [list, None],
+        "verbose": ["verbose"],
+    }
+
+    # -- subclass hooks --------------------------------------------------------
+    def _make_module(self, d_model, n_outputs, dtype, generator):
+        raise NotImplementedError
+
+    def _training_batch(self, source, dtype, device):
+        raise NotImplementedError
+
+    def _predict_batches(self, source, dtype, device):
+        raise NotImplementedError
+
+    def _solver(self):
+        return "adamw"
+
+    def _module_compatible(self, module):
+        return True
+
+    # -- fitting ---------------------------------------------------------------
+    def _compute_dtype(self, source):
+        if self.compute_dtype == "auto":
+            return torch.float64 if source.dtype == np.float64 else torch.float32
+        return _COMPUTE_DTYPES[self.compute_dtype]
+
+    def _sample_weights(self, y_enc, sample_weight):
+        n = len(y_enc)
+        w = _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
+                                 ensure_non_negative=True)
+        if self.class_weight is not None:
+            cw = compute_class_weight(self.class_weight, classes=np.arange(len(self.classes_)),
+                                      y=y_enc)
+            w = w * cw[y_enc]
+        per_class = np.bincount(y_enc, weights=w, minlength=len(self.classes_))
+        if np.count_nonzero(per_class > 0) < 2:
+            raise ValueError(
+                "only one class has non-zero sample weight; a classifier needs "
+                "at least 2 classes with positive weight"
+            )
+        return w
+
+    def _fit(self, X, y, sample_weight=None):
+        source = validate_ragged(self, X, reset=True)
+        y = validate_targets(y, len(source))
+        encoder = LabelEncoder().fit(y)
+        classes = encoder.classes_
+        if len(classes) < 2:
+            raise ValueError(
+                f"y contains only 1 class ({classes[0]!r}); a classifier needs "
+                "samples of at least 2 classes"
+            )
+        y_enc = encoder.transform(y)
+        reuse = (
+            self.warm_start
+            and hasattr(self, "module_")
+            and np.array_equal(getattr(self, "classes_", None), classes)
+            and self._module_compatible(self.module_)
+        )
+        self.classes_ = classes
+        w = self._sample_weights(y_enc, sample_weight)
+        device = resolve_device(self.device)
+        dtype = self._compute_dtype(source)
+        n_outputs = 1 if len(classes) == 2 else len(classes)
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        if reuse:
+            module = self.module_.to(device=device, dtype=dtype)
+        else:
+            generator = torch.Generator().manual_seed(int(seed))
+            module = self._make_module(source.d_model, n_outputs, dtype, generator)
+            module = module.to(device)
+        batch = self._training_batch(source, dtype, device)
+        train_set = TrainingSet(batch, y_enc, w, device=device, dtype=dtype, seed=seed)
+        self.net_ = fit_module(
+            module, train_set,
+            solver=self._solver(),
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            tol=getattr(self, "tol", None),
+            callbacks=self.callbacks,
+            verbose=self.verbose,
+        )
+        self.module_ = self.net_.module_
+        self.n_iter_ = n_iterations(self.net_)
+        return self
+
+    # -- prediction -------------------------------------------------------------
+    def _module_placement(self):
+        p = self.module_.bias
+        return p.dtype, p.device
+
+    def _logits(self, X):
+        """``(n_texts, n_outputs)`` float64 logits in the order of X."""
+        check_is_fitted(self)
+        source = validate_ragged(self, X, reset=False)
+        dtype, device = self._module_placement()
+        outs, order = [], []
+        self.module_.eval()
+        with torch.no_grad():
+            for batch in self._predict_batches(source, dtype, device):
+                outs.append(self.module_(batch).double().cpu().numpy())
+                order.append(batch.order)
+        logits = np.concatenate(outs)
+        return logits[inverse_order(np.concatenate(order))]
+
+    def decision_function(self, X):
+        """Class scores: shape (n_texts,) for binary problems, else (n_texts, n_classes).
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        scores : ndarray
+            Binary: log-odds of ``classes_[1]``. Multi-class: logits.
+        """
+        logits = self._logits(X)
+        return logits[:, 0] if logits.shape[1] == 1 else logits
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_texts, n_classes), columns as ``classes_``."""
+        logits = self._logits(X)
+        if logits.shape[1] == 1:
+            p = expit(logits[:, 0])
+            return np.column_stack([1.0 - p, p])
+        return softmax(logits, axis=1)
+
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`, computed stably."""
+        logits = self._logits(X)
+        if logits.shape[1] == 1:
+            z = logits[:, 0]
+            return np.column_stack([log_expit(-z), log_expit(z)])
+        return log_softmax(logits, axis=1)
+
+    def predict(self, X):
+        """Predicted class label of each text."""
+        logits = self._logits(X)
+        if logits.shape[1] == 1:
+            return self.classes_[(logits[:, 0] > 0).astype(int)]
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.allow_nan = False
+        return tags

@@ -1,0 +1,103 @@
+"""Vectorized kernels over padded blocks of ragged texts.
+
+All functions take a block of ``k`` texts padded to ``T`` tokens:
+``x`` of shape ``(k, T, d)``, ``mask`` of shape ``(k, T)`` (True for real
+tokens, at least one per row: the packing never builds an empty text, so a
+fully masked softmax row cannot occur) and ``lengths`` of shape ``(k,)``.
+
+Heads are a trailing axis everywhere. Several probes over the same activations
+(a "model" axis) fold into it: ``M`` models of ``H`` heads are ``M * H`` heads
+of :func:`attention_pool`, so stacking models is one wider GEMM, not a loop.
+"""
+
+import torch
+
+__all__ = [
+    "masked_softmax",
+    "relative_positions",
+    "attention_logits",
+    "attention_pool",
+    "mean_pool",
+    "last_token_pool",
+]
+
+
+def masked_softmax(logits, mask):
+    """Softmax over the token axis (the last) of ``(k, H, T)`` logits.
+
+    Padded tokens get exactly zero weight. The maximum is subtracted before
+    exponentiating (inside :func:`torch.softmax`), so logits of 1e4 are safe;
+    half-precision logits are normalised in float32 and cast back.
+    """
+    filled = logits.masked_fill(~mask[:, None, :], float("-inf"))
+    if filled.dtype in (torch.float16, torch.bfloat16):
+        return torch.softmax(filled, dim=-1, dtype=torch.float32).to(logits.dtype)
+    return torch.softmax(filled, dim=-1)
+
+
+def relative_positions(lengths, T, position, dtype):
+    """``(k, T)`` position term ``p_t`` for each token.
+
+    ``p_t`` is minus the token's distance to the anchor token: the text's last
+    real token for ``"last"``, its first token for ``"first"``. A positive
+    slope therefore favours tokens near the anchor, and a large one puts all
+    the weight on it (last-token or first-token pooling).
+    """
+    t = torch.arange(T, device=lengths.device, dtype=dtype)[None, :]
+    if position == "last":
+        return t - (lengths[:, None] - 1).to(dtype)
+    if position == "first":
+        return (-t).expand(lengths.shape[0], T)
+    raise ValueError(f"unknown position {position!r}")
+
+
+def attention_logits(x, lengths, query, slope=None, position=None):
+    """``(k, H, T)`` logits ``x_t @ q_h + slope_h * p_t``.
+
+    Heads come before tokens so that the softmax runs over the contiguous
+    last axis (a softmax over a strided middle axis is several times slower).
+    """
+    k, T, d = x.shape
+    logits = (x.reshape(k * T, d) @ query).view(k, T, -1).transpose(1, 2)
+    if position is not None:
+        p = relative_positions(lengths, T, position, logits.dtype)
+        logits = logits + slope[None, :, None] * p[:, None, :]
+    return logits
+
+
+def attention_pool(x, mask, lengths, query, slope=None, position=None):
+    """Attention-weighted sums of each text's tokens, one per head.
+
+    Parameters
+    ----------
+    x : Tensor (k, T, d)
+    mask : Tensor (k, T) of bool
+    lengths : Tensor (k,) of int
+    query : Tensor (d, H)
+    slope : Tensor (H,) or None
+    position : {"last", "first"} or None
+
+    Returns
+    -------
+    pooled : Tensor (k, H, d)
+        ``sum_t a_th x_t``. The value projection is applied to this afterwards,
+        which is the same function as projecting every token first but never
+        builds a tokens x heads x classes tensor.
+    weights : Tensor (k, H, T)
+        Attention weights ``a_th``, zero on padding, summing to 1 over tokens.
+    """
+    logits = attention_logits(x, lengths, query, slope, position)
+    weights = masked_softmax(logits, mask)
+    pooled = torch.matmul(weights, x)
+    return pooled, weights
+
+
+def mean_pool(x, lengths):
+    """``(k, d)`` mean of each text's real tokens (padding is zero)."""
+    return x.sum(dim=1) / lengths[:, None].to(x.dtype)
+
+
+def last_token_pool(x, lengths):
+    """``(k, d)`` last real token of each text."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    return x[rows, lengths - 1]
