@@ -104,7 +104,7 @@ class AttentionProbeClassifier(BaseProbe):
     >>> probe.score(X, y) > 0.9
     True
     >>> [w.shape for w in probe.attention_weights(X[:2])]
-    [(19, 2), (31, 2)]
+    [(16, 2), (21, 2)]
     """
 
     _parameter_constraints = {

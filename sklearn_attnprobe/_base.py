@@ -71,13 +71,13 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
             return torch.float64 if source.dtype == np.float64 else torch.float32
         return _COMPUTE_DTYPES[self.compute_dtype]
 
-    def _sample_weights(self, y_enc, sample_weight):
+    def _sample_weights(self, y, y_enc, sample_weight):
         n = len(y_enc)
         w = _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
                                  ensure_non_negative=True)
         if self.class_weight is not None:
-            cw = compute_class_weight(self.class_weight, classes=np.arange(len(self.classes_)),
-                                      y=y_enc)
+            # keyed by the user's labels, as in LogisticRegression
+            cw = compute_class_weight(self.class_weight, classes=self.classes_, y=y)
             w = w * cw[y_enc]
         per_class = np.bincount(y_enc, weights=w, minlength=len(self.classes_))
         if np.count_nonzero(per_class > 0) < 2:
@@ -94,7 +94,7 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         classes = encoder.classes_
         if len(classes) < 2:
             raise ValueError(
-                f"y contains only 1 class ({classes[0]!r}); a classifier needs "
+                f"y contains only 1 class ({str(classes[0])!r}); a classifier needs "
                 "samples of at least 2 classes"
             )
         y_enc = encoder.transform(y)
@@ -102,10 +102,11 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
             self.warm_start
             and hasattr(self, "module_")
             and np.array_equal(getattr(self, "classes_", None), classes)
+            and self.module_.d_model == source.d_model
             and self._module_compatible(self.module_)
         )
         self.classes_ = classes
-        w = self._sample_weights(y_enc, sample_weight)
+        w = self._sample_weights(y, y_enc, sample_weight)
         device = resolve_device(self.device)
         dtype = self._compute_dtype(source)
         n_outputs = 1 if len(classes) == 2 else len(classes)
@@ -131,6 +132,12 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         )
         self.module_ = self.net_.module_
         self.n_iter_ = n_iterations(self.net_)
+        if not all(bool(torch.isfinite(p).all()) for p in self.module_.parameters()):
+            raise ValueError(
+                "training diverged: the probe's parameters became NaN or infinite. "
+                "Scale the activations (e.g. ActivationScaler), lower "
+                "learning_rate, or use compute_dtype='float64'."
+            )
         return self
 
     # -- prediction -------------------------------------------------------------
@@ -150,6 +157,13 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
                 outs.append(self.module_(batch).double().cpu().numpy())
                 order.append(batch.order)
         logits = np.concatenate(outs)
+        if not np.isfinite(logits).all():
+            bad = int(np.flatnonzero(~np.isfinite(logits).all(axis=1))[0])
+            raise ValueError(
+                f"decision values overflowed for text {int(np.concatenate(order)[bad])}: "
+                f"its activations are too large for {dtype}. Scale them (e.g. "
+                "ActivationScaler) or use compute_dtype='float64'."
+            )
         return logits[inverse_order(np.concatenate(order))]
 
     def decision_function(self, X):

@@ -42,6 +42,10 @@ class AttentionProbeModule(nn.Module):
     def n_heads(self):
         return self.query.shape[1]
 
+    @property
+    def d_model(self):
+        return self.query.shape[0]
+
     def penalized_parameters(self):
         """Weights under the L2 penalty (not the intercept, not the slopes)."""
         return [self.query, self.value]
@@ -69,6 +73,10 @@ class LinearProbeModule(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(d_model, n_outputs, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(n_outputs, dtype=dtype))
+
+    @property
+    def d_model(self):
+        return self.weight.shape[0]
 
     def penalized_parameters(self):
         return [self.weight]

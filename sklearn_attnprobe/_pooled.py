@@ -121,6 +121,12 @@ class _PooledProbe(BaseProbe):
             feats.append(pooler(block.x, block.lengths))
             order.append(block.index)
         feats = torch.cat(feats)
+        if not bool(torch.isfinite(feats).all()):
+            raise ValueError(
+                f"{self._pooling}-pooled features overflow {dtype}: the activations "
+                "are too large. Scale them (e.g. ActivationScaler) or use "
+                "compute_dtype='float64'."
+            )
         inv = inverse_order(np.concatenate(order))
         return feats[torch.as_tensor(inv, device=feats.device)]
 

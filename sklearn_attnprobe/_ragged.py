@@ -202,9 +202,12 @@ class RaggedArray:
         if isinstance(key, tuple):
             # scikit-learn indexes arrays as X[indices, ...]
             rest = key[1:]
-            if not all(k is Ellipsis or k == slice(None) for k in rest):
+            if not all(k is Ellipsis or (isinstance(k, slice) and k == slice(None))
+                       for k in rest):
                 raise IndexError("RaggedArray supports indexing along texts only")
             key = key[0]
+        if isinstance(key, (bool, np.bool_)):
+            raise IndexError("a single boolean is not a valid RaggedArray index")
         if isinstance(key, numbers.Integral):
             n = len(self)
             if not -n <= key < n:

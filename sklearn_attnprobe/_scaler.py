@@ -88,16 +88,18 @@ class ActivationScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         source = validate_ragged(self, X, reset=True)
         d = source.d_model
         count, mean, m2 = 0, np.zeros(d), np.zeros(d)
-        for chunk in _chunks(source):
-            # Chan et al.'s pairwise merge of (count, mean, M2): stable in one pass
-            m = chunk.shape[0]
-            c_mean = chunk.mean(axis=0)
-            c_m2 = ((chunk - c_mean) ** 2).sum(axis=0)
-            delta = c_mean - mean
-            total = count + m
-            mean = mean + delta * (m / total)
-            m2 = m2 + c_m2 + delta**2 * (count * m / total)
-            count = total
+        # non-finite input is reported below, once, instead of as numpy warnings
+        with np.errstate(invalid="ignore", over="ignore"):
+            for chunk in _chunks(source):
+                # Chan et al.'s pairwise merge of (count, mean, M2): stable, one pass
+                m = chunk.shape[0]
+                c_mean = chunk.mean(axis=0)
+                c_m2 = ((chunk - c_mean) ** 2).sum(axis=0)
+                delta = c_mean - mean
+                total = count + m
+                mean = mean + delta * (m / total)
+                m2 = m2 + c_m2 + delta**2 * (count * m / total)
+                count = total
         if not np.all(np.isfinite(mean)) or not np.all(np.isfinite(m2)):
             raise ValueError("X contains NaN or infinity")
         std = np.sqrt(m2 / count)
@@ -110,6 +112,8 @@ class ActivationScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _scale(self, a, out_dtype):
         work = np.float32 if out_dtype == np.float16 else out_dtype
         z = (a.astype(work, copy=False) - self.mean_.astype(work)) / self.scale_.astype(work)
+        if not np.isfinite(z).all():
+            raise ValueError("X contains NaN or infinity (or values too large to scale)")
         if self.clip is not None:
             np.clip(z, -self.clip, self.clip, out=z)
         return z.astype(out_dtype, copy=False)

@@ -101,6 +101,8 @@ def _text_list(X):
         arrays.append(a)
     if not arrays:
         raise ValueError("X is empty: it holds 0 texts; at least one is required")
+    if d_model == 0:
+        raise ValueError("X has d_model=0; at least one feature is required")
     dtype = np.result_type(*[a.dtype for a in arrays])
     dtype = _float_dtype(dtype, "X")
     texts = TextList(arrays, dtype)
