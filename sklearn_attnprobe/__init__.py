@@ -7,6 +7,11 @@ array per text): :class:`AttentionProbeClassifier`,
 """
 
 from ._attention import AttentionProbeClassifier
+from ._cv import (
+    AttentionProbeClassifierCV,
+    LastTokenProbeClassifierCV,
+    MeanProbeClassifierCV,
+)
 from ._pooled import LastTokenProbeClassifier, MeanProbeClassifier
 from ._ragged import RaggedArray
 from ._scaler import ActivationScaler
@@ -16,6 +21,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationScaler",
     "AttentionProbeClassifier",
+    "AttentionProbeClassifierCV",
+    "LastTokenProbeClassifierCV",
+    "MeanProbeClassifierCV",
     "LastTokenProbeClassifier",
     "MeanProbeClassifier",
     "RaggedArray",

@@ -52,10 +52,13 @@ class AttentionProbeClassifier(BaseProbe):
         Multiplies each sample's weight by its class's weight.
     device : str or torch.device, default="cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``..., or ``"auto"`` (CUDA if present).
-    compute_dtype : {"auto", "float32", "float64"}, default="auto"
-        Dtype of the working copy and the parameters. ``"auto"`` is float64
-        for float64 input and float32 otherwise (float16 input is upcast block
-        by block, never as a whole).
+    compute_dtype : {"auto", "float32", "float64", "bfloat16", "float16"}, default="auto"
+        Dtype of the working copy and of the big matrix products. ``"auto"``
+        is float64 for float64 input and float32 otherwise (float16 input is
+        upcast block by block, never as a whole). ``"bfloat16"`` and
+        ``"float16"`` keep the working copy in half precision (half the memory,
+        no float32 copy of the data) while parameters, gradients and the
+        optimizer state stay float32; softmax normalisation runs in float32.
     warm_start : bool, default=False
         Start from the previous fit's parameters when classes and shapes match.
     random_state : int, RandomState instance or None, default=None

@@ -16,7 +16,19 @@ from ._packing import inverse_order
 from ._training import TrainingSet, fit_module, n_iterations
 from ._validation import validate_ragged, validate_targets
 
-_COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_COMPUTE_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def parameter_dtype(compute_dtype):
+    """Parameters, gradients and optimizer state stay in float32 under half
+    precision compute (the working copy and the big GEMMs are what shrink)."""
+    return torch.float32 if compute_dtype in _HALF else compute_dtype
 
 
 def resolve_device(device):
@@ -109,16 +121,17 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         w = self._sample_weights(y, y_enc, sample_weight)
         device = resolve_device(self.device)
         dtype = self._compute_dtype(source)
+        pdtype = parameter_dtype(dtype)
         n_outputs = 1 if len(classes) == 2 else len(classes)
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         if reuse:
-            module = self.module_.to(device=device, dtype=dtype)
+            module = self.module_.to(device=device, dtype=pdtype)
         else:
             generator = torch.Generator().manual_seed(int(seed))
-            module = self._make_module(source.d_model, n_outputs, dtype, generator)
+            module = self._make_module(source.d_model, n_outputs, pdtype, generator)
             module = module.to(device)
         batch = self._training_batch(source, dtype, device)
-        train_set = TrainingSet(batch, y_enc, w, device=device, dtype=dtype, seed=seed)
+        train_set = TrainingSet(batch, y_enc, w, device=device, dtype=pdtype, seed=seed)
         self.net_ = fit_module(
             module, train_set,
             solver=self._solver(),
@@ -131,6 +144,7 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
             verbose=self.verbose,
         )
         self.module_ = self.net_.module_
+        self.compute_dtype_ = dtype
         self.n_iter_ = n_iterations(self.net_)
         if not all(bool(torch.isfinite(p).all()) for p in self.module_.parameters()):
             raise ValueError(
@@ -142,8 +156,8 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
 
     # -- prediction -------------------------------------------------------------
     def _module_placement(self):
-        p = self.module_.bias
-        return p.dtype, p.device
+        """Compute dtype and device of the fitted probe."""
+        return self.compute_dtype_, self.module_.bias.device
 
     def _logits(self, X):
         """``(n_texts, n_outputs)`` float64 logits in the order of X."""

@@ -93,8 +93,12 @@ def attention_pool(x, mask, lengths, query, slope=None, position=None):
 
 
 def mean_pool(x, lengths):
-    """``(k, d)`` mean of each text's real tokens (padding is zero)."""
-    return x.sum(dim=1) / lengths[:, None].to(x.dtype)
+    """``(k, d)`` mean of each text's real tokens (padding is zero).
+
+    Half-precision blocks are summed in float32 and the mean returned in float32.
+    """
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return x.sum(dim=1, dtype=acc) / lengths[:, None].to(acc)
 
 
 def last_token_pool(x, lengths):

@@ -14,6 +14,19 @@ from ._kernels import attention_pool, last_token_pool, mean_pool
 POSITIONS = ("last", "first", None)
 
 
+def init_values(d_model, n_heads, n_outputs, generator, dtype):
+    """Random value projections, uniform in +-1/sqrt(d_model), as nn.Linear."""
+    bound = 1.0 / math.sqrt(d_model)
+    value = torch.rand(n_heads, d_model, n_outputs, generator=generator,
+                       dtype=torch.float64) * (2 * bound) - bound
+    return value.to(dtype)
+
+
+def _check_position(position):
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}; got {position!r}")
+
+
 class AttentionProbeModule(nn.Module):
     """Multi-head attention probe with a learned ALiBi-style position bias.
 
@@ -25,17 +38,13 @@ class AttentionProbeModule(nn.Module):
     def __init__(self, d_model, n_heads, n_outputs, position="last",
                  generator=None, dtype=torch.float32):
         super().__init__()
-        if position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}; got {position!r}")
+        _check_position(position)
         self.position = position
         # The seed's initialisation: zero query (uniform attention, i.e. mean
         # pooling at step 0), zero position slopes, random values.
         self.query = nn.Parameter(torch.zeros(d_model, n_heads, dtype=dtype))
         self.slope = nn.Parameter(torch.zeros(n_heads, dtype=dtype))
-        bound = 1.0 / math.sqrt(d_model)
-        value = torch.rand(n_heads, d_model, n_outputs, generator=generator,
-                           dtype=torch.float64) * (2 * bound) - bound
-        self.value = nn.Parameter(value.to(dtype))
+        self.value = nn.Parameter(init_values(d_model, n_heads, n_outputs, generator, dtype))
         self.bias = nn.Parameter(torch.zeros(n_outputs, dtype=dtype))
 
     @property
@@ -46,14 +55,15 @@ class AttentionProbeModule(nn.Module):
     def d_model(self):
         return self.query.shape[0]
 
-    def penalized_parameters(self):
-        """Weights under the L2 penalty (not the intercept, not the slopes)."""
-        return [self.query, self.value]
+    def penalty(self, weight_decay):
+        """``weight_decay / 2 * (||Q||^2 + ||V||^2)``; intercept and slopes are free."""
+        return 0.5 * weight_decay * ((self.query**2).sum() + (self.value**2).sum())
 
     def pool_block(self, block):
         """``(k, H, d)`` pooled states and ``(k, H, T)`` weights of one block."""
-        slope = self.slope if self.position is not None else None
-        return attention_pool(block.x, block.mask, block.lengths, self.query,
+        dtype = block.x.dtype  # half-precision compute: cast the parameters
+        slope = self.slope.to(dtype) if self.position is not None else None
+        return attention_pool(block.x, block.mask, block.lengths, self.query.to(dtype),
                               slope, self.position)
 
     def forward(self, batch):
@@ -62,8 +72,69 @@ class AttentionProbeModule(nn.Module):
         value = self.value.reshape(H * d, C)
         for block in batch.blocks:
             pooled, _ = self.pool_block(block)
-            outs.append(pooled.reshape(len(block), H * d) @ value)
+            outs.append(pooled.reshape(len(block), H * d).to(value.dtype) @ value)
         return torch.cat(outs) + self.bias
+
+
+class StackedAttentionProbeModule(nn.Module):
+    """``n_models`` independent attention probes over the same activations.
+
+    The models fold into the kernel's head axis: every block costs one GEMM
+    against ``n_models * n_heads`` query columns and one batched value
+    projection, so the activations are read once per step for all models.
+    Model ``m`` owns query columns ``m * H : (m + 1) * H``, ``value[m]`` and
+    ``bias[m]``; ``forward`` returns ``(n, n_models, n_outputs)`` logits.
+    """
+
+    def __init__(self, n_models, d_model, n_heads, n_outputs, position="last",
+                 generators=None, dtype=torch.float32):
+        super().__init__()
+        _check_position(position)
+        self.position = position
+        self.n_models, self.n_heads = n_models, n_heads
+        generators = generators or [None] * n_models
+        self.query = nn.Parameter(torch.zeros(d_model, n_models * n_heads, dtype=dtype))
+        self.slope = nn.Parameter(torch.zeros(n_models * n_heads, dtype=dtype))
+        self.value = nn.Parameter(torch.stack([
+            init_values(d_model, n_heads, n_outputs, g, dtype) for g in generators
+        ]))
+        self.bias = nn.Parameter(torch.zeros(n_models, n_outputs, dtype=dtype))
+
+    @property
+    def d_model(self):
+        return self.query.shape[0]
+
+    pool_block = AttentionProbeModule.pool_block
+
+    def penalty(self, weight_decay):
+        """``sum_m weight_decay[m] / 2 * (||Q_m||^2 + ||V_m||^2)``."""
+        d = self.d_model
+        sq_query = (self.query.view(d, self.n_models, self.n_heads) ** 2).sum(dim=(0, 2))
+        sq_value = (self.value**2).sum(dim=(1, 2, 3))
+        return 0.5 * (weight_decay * (sq_query + sq_value)).sum()
+
+    def forward(self, batch):
+        M, H, d, C = self.value.shape
+        value = self.value.reshape(M, H * d, C)
+        outs = []
+        for block in batch.blocks:
+            pooled, _ = self.pool_block(block)  # (k, M * H, d)
+            per_model = pooled.reshape(len(block), M, H * d).transpose(0, 1)
+            outs.append(torch.bmm(per_model.to(value.dtype), value).transpose(0, 1))
+        return torch.cat(outs) + self.bias
+
+    def model(self, m):
+        """Model ``m`` as a stand-alone :class:`AttentionProbeModule`."""
+        M, H, d, C = self.value.shape
+        single = AttentionProbeModule(d, H, C, position=self.position,
+                                      dtype=self.value.dtype)
+        cols = slice(m * H, (m + 1) * H)
+        with torch.no_grad():
+            single.query.copy_(self.query[:, cols])
+            single.slope.copy_(self.slope[cols])
+            single.value.copy_(self.value[m])
+            single.bias.copy_(self.bias[m])
+        return single.to(self.value.device)
 
 
 class LinearProbeModule(nn.Module):
@@ -78,8 +149,9 @@ class LinearProbeModule(nn.Module):
     def d_model(self):
         return self.weight.shape[0]
 
-    def penalized_parameters(self):
-        return [self.weight]
+    def penalty(self, weight_decay):
+        """``weight_decay / 2 * ||W||^2``; the intercept is free."""
+        return 0.5 * weight_decay * (self.weight**2).sum()
 
     def forward(self, batch):
         return batch.features @ self.weight + self.bias

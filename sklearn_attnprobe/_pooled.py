@@ -7,7 +7,7 @@ import torch
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import BaseProbe
+from ._base import BaseProbe, parameter_dtype
 from ._modules import POOLERS, LinearProbeModule
 from ._packing import PackedBatch, inverse_order, iter_blocks
 
@@ -34,8 +34,10 @@ _SHARED_DOC = """
         AdamW texts per step (L-BFGS is always full batch).
     class_weight : dict, "balanced" or None, default=None
     device : str or torch.device, default="cpu"
-    compute_dtype : {{"auto", "float32", "float64"}}, default="auto"
-        ``"auto"`` is float64 for float64 input, float32 otherwise.
+    compute_dtype : {{"auto", "float32", "float64", "bfloat16", "float16"}}, default="auto"
+        Dtype in which texts are read and pooled. ``"auto"`` is float64 for
+        float64 input, float32 otherwise. Half precision pools in float32
+        accumulators and fits the regression in float32.
     warm_start : bool, default=False
         Start from the previous fit's weights when classes and d_model match.
     random_state : int, RandomState instance or None, default=None
@@ -62,6 +64,28 @@ _SHARED_DOC = """
     L-BFGS runs through skorch as one step whose closure torch's L-BFGS
     re-evaluates.
 """
+
+
+def pool_features(source, pooling, dtype, device):
+    """``(n_texts, d_model)`` mean- or last-token-pooled features, in source order.
+
+    Texts are read block by block (bounded memory); half-precision blocks are
+    pooled into float32 features.
+    """
+    pooler = POOLERS[pooling]
+    feat_dtype = parameter_dtype(dtype)
+    feats, order = [], []
+    for block in iter_blocks(source, dtype, device):
+        feats.append(pooler(block.x, block.lengths).to(feat_dtype))
+        order.append(block.index)
+    feats = torch.cat(feats)
+    if not bool(torch.isfinite(feats).all()):
+        raise ValueError(
+            f"{pooling}-pooled features overflow {dtype}: the activations are too "
+            "large. Scale them (e.g. ActivationScaler) or use compute_dtype='float64'."
+        )
+    inv = inverse_order(np.concatenate(order))
+    return feats[torch.as_tensor(inv, device=feats.device)]
 
 
 class _PooledProbe(BaseProbe):
@@ -113,25 +137,8 @@ class _PooledProbe(BaseProbe):
     def _make_module(self, d_model, n_outputs, dtype, generator):
         return LinearProbeModule(d_model, n_outputs, dtype=dtype)
 
-    def pool(self, X_source, dtype, device):
-        """``(n_texts, d_model)`` pooled features in source order."""
-        pooler = POOLERS[self._pooling]
-        feats, order = [], []
-        for block in iter_blocks(X_source, dtype, device):
-            feats.append(pooler(block.x, block.lengths))
-            order.append(block.index)
-        feats = torch.cat(feats)
-        if not bool(torch.isfinite(feats).all()):
-            raise ValueError(
-                f"{self._pooling}-pooled features overflow {dtype}: the activations "
-                "are too large. Scale them (e.g. ActivationScaler) or use "
-                "compute_dtype='float64'."
-            )
-        inv = inverse_order(np.concatenate(order))
-        return feats[torch.as_tensor(inv, device=feats.device)]
-
     def _training_batch(self, source, dtype, device):
-        return PackedBatch([], features=self.pool(source, dtype, device),
+        return PackedBatch([], features=pool_features(source, self._pooling, dtype, device),
                            order=np.arange(len(source)))
 
     def _predict_batches(self, source, dtype, device):

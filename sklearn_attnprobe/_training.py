@@ -26,17 +26,32 @@ from torch import nn
 from ._packing import PackedBatch
 
 
+def per_sample_log_loss(logits, y):
+    """Log-loss of each sample (and model): logits ``(n, [M,] C)`` -> ``(n, [M])``.
+
+    One logit means binary (sigmoid), as in logistic regression.
+    """
+    extra = (1,) * (logits.ndim - 2)  # the optional model axis
+    if logits.shape[-1] == 1:
+        target = y.to(logits.dtype).view(-1, *extra).expand(logits.shape[:-1])
+        return F.binary_cross_entropy_with_logits(logits[..., 0], target, reduction="none")
+    logp = torch.log_softmax(logits, dim=-1)
+    index = y.view(-1, *extra, 1).expand(*logits.shape[:-1], 1)
+    return -logp.gather(-1, index)[..., 0]
+
+
 class WeightedLogLoss(nn.Module):
-    """Sample-weighted mean log-loss; one logit means binary (sigmoid)."""
+    """Sample-weighted mean log-loss, summed over models when stacked.
+
+    ``w`` is ``(n,)`` for one model or ``(n, M)`` for ``M`` stacked models,
+    each with its own weights (a cross-validation fold's training mask).
+    """
 
     def forward(self, logits, y, w):
-        if logits.shape[1] == 1:
-            losses = F.binary_cross_entropy_with_logits(
-                logits[:, 0], y.to(logits.dtype), reduction="none"
-            )
-        else:
-            losses = F.cross_entropy(logits, y, reduction="none")
-        return (losses * w).sum() / w.sum()
+        losses = per_sample_log_loss(logits, y)
+        # a minibatch may hold none of a model's training texts: loss 0, not 0/0
+        total = w.sum(dim=0).clamp_min(torch.finfo(w.dtype).tiny)
+        return ((losses * w).sum(dim=0) / total).sum()
 
 
 class TrainingSet(torch.utils.data.Dataset):
@@ -122,9 +137,8 @@ class ProbeNet(NeuralNet):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         y, w = y_true
         loss = self.criterion_(y_pred, y, w)
-        if self.weight_decay:
-            sq = sum((p * p).sum() for p in self.module_.penalized_parameters())
-            loss = loss + 0.5 * self.weight_decay * sq
+        if torch.is_tensor(self.weight_decay) or self.weight_decay:
+            loss = loss + self.module_.penalty(self.weight_decay)
         return loss
 
 

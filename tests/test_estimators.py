@@ -241,3 +241,20 @@ def test_planted_tasks_each_probe_wins_where_it_should(task, winner, losers):
     for loser in losers:
         assert acc[winner] >= acc[loser] + 0.1, acc
     assert acc[winner] >= 0.8, acc
+
+
+@pytest.mark.parametrize("compute_dtype", ["bfloat16", "float16"])
+def test_half_precision_compute_keeps_float32_parameters(compute_dtype):
+    X, y = make_planted_task("needle", n_texts=300, d_model=16, dtype=np.float16,
+                             random_state=0)
+    Xa, Xb, ya, yb = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    half = AttentionProbeClassifier(n_heads=2, compute_dtype=compute_dtype,
+                                    random_state=0).fit(Xa, ya)
+    full = AttentionProbeClassifier(n_heads=2, random_state=0).fit(Xa, ya)
+    assert half.module_.query.dtype == torch.float32
+    assert half.compute_dtype_ == getattr(torch, compute_dtype)
+    assert abs(half.score(Xb, yb) - full.score(Xb, yb)) <= 0.05
+    mean_half = MeanProbeClassifier(compute_dtype=compute_dtype).fit(Xa, ya)
+    mean_full = MeanProbeClassifier().fit(Xa, ya)
+    np.testing.assert_allclose(mean_half.predict_proba(Xb), mean_full.predict_proba(Xb),
+                               atol=0.02)

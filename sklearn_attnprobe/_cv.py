@@ -1,0 +1,409 @@
+"""Cross-validated probes: every (fold, weight decay) model in one pass.
+
+``GridSearchCV`` over ``weight_decay`` with ``cv=5`` fits 20 probes, each
+reading (and packing) its training texts on its own. The CV classes here pack
+the texts once and train the 20 models together:
+
+* attention probes: one :class:`StackedAttentionProbeModule` holding all
+  models, trained on all texts with each model's loss masked to its fold's
+  training texts, so each step reads the activations once for all models and
+  the per-block GEMM is ``n_models * n_heads`` columns wide;
+* pooled probes: the texts are pooled once, then each fold runs an L-BFGS
+  path over the weight decays from the strongest penalty down, each fit
+  warm-started from the previous solution.
+
+With an int ``random_state`` each stacked model starts from exactly the
+parameters a stand-alone estimator with that ``random_state`` would, so the
+batched sweep reproduces ``GridSearchCV``'s models up to float rounding.
+"""
+
+import time
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.model_selection import check_cv
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from scipy.stats import rankdata
+
+from ._attention import AttentionProbeClassifier
+from ._base import BaseProbe, parameter_dtype, resolve_device
+from ._modules import LinearProbeModule, StackedAttentionProbeModule
+from ._packing import PackedBatch, inverse_order, iter_blocks, pack
+from ._pooled import LastTokenProbeClassifier, MeanProbeClassifier, pool_features
+from ._training import TrainingSet, fit_module, per_sample_log_loss
+from ._validation import validate_ragged, validate_targets
+
+_SHARED = {
+    k: v for k, v in BaseProbe._parameter_constraints.items()
+    if k not in ("weight_decay", "warm_start")
+}
+
+
+class _BaseProbeCV(ClassifierMixin, BaseEstimator):
+    """Shared fit logic: folds, per-fold weights, scoring, cv_results_, refit."""
+
+    _estimator_class = None
+    _parameter_constraints = {
+        **_SHARED,
+        "weight_decays": ["array-like"],
+        "cv": ["cv_object"],
+        "scoring": [StrOptions({"accuracy", "neg_log_loss"}), None],
+        "refit": ["boolean"],
+    }
+
+    def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
+        """``(n_texts, n_splits, n_wds, n_outputs)`` logits of every model."""
+        raise NotImplementedError
+
+    def _estimator_params(self):
+        names = self._estimator_class._get_param_names()
+        return {k: v for k, v in self.get_params(deep=False).items() if k in names}
+
+    def _fold_weights(self, y, y_enc, sample_weight, splits):
+        """``(n_texts, n_splits)``: sample x class weights on each training fold, 0 elsewhere."""
+        n = len(y)
+        sw = _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
+                                  ensure_non_negative=True)
+        W = np.zeros((n, len(splits)))
+        for s, (train, _) in enumerate(splits):
+            w = sw[train]
+            if self.class_weight is not None:
+                present = np.unique(y_enc[train])
+                cw = np.ones(len(self.classes_))
+                cw[present] = compute_class_weight(
+                    self.class_weight, classes=self.classes_[present], y=y[train])
+                w = w * cw[y_enc[train]]
+            if np.count_nonzero(np.bincount(y_enc[train], weights=w) > 0) < 2:
+                raise ValueError(
+                    f"cross-validation fold {s} trains on fewer than 2 classes "
+                    "with positive weight; use fewer folds or a stratified cv"
+                )
+            W[train, s] = w
+        return W
+
+    def _score(self, logits, y_enc, sample_weight):
+        """Validation score; weighted by sample_weight, as GridSearchCV does."""
+        if self.scoring == "neg_log_loss":
+            y_t = torch.as_tensor(y_enc)
+            per_text = -per_sample_log_loss(torch.as_tensor(logits), y_t).numpy()
+        else:
+            if logits.shape[-1] == 1:
+                pred = (logits[:, 0] > 0).astype(int)
+            else:
+                pred = logits.argmax(axis=-1)
+            per_text = (pred == y_enc).astype(np.float64)
+        return float(np.average(per_text, weights=sample_weight))
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Cross-validate every weight decay in one batched pass, then refit.
+
+        Parameters
+        ----------
+        X : texts in any form accepted by the probes (list of (T_i, d_model)
+            arrays, RaggedArray, 3-D or 2-D array)
+        y : array-like of shape (n_texts,)
+        sample_weight : array-like of shape (n_texts,), default=None
+
+        Returns
+        -------
+        self
+        """
+        source = validate_ragged(self, X, reset=True)
+        y = validate_targets(y, len(source))
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(f"y contains only 1 class ({str(self.classes_[0])!r}); "
+                             "a classifier needs samples of at least 2 classes")
+        y_enc = encoder.transform(y)
+        wds = np.asarray(self.weight_decays, dtype=np.float64).reshape(-1)
+        if wds.size == 0 or not np.all(np.isfinite(wds)) or wds.min() < 0:
+            raise ValueError("weight_decays must be a non-empty list of finite values >= 0")
+        cv = check_cv(self.cv, y, classifier=True)
+        splits = list(cv.split(np.zeros((len(y), 1)), y))
+        W = self._fold_weights(y, y_enc, sample_weight, splits)
+        n_outputs = 1 if len(self.classes_) == 2 else len(self.classes_)
+
+        start = time.perf_counter()
+        logits = self._candidate_logits(source, y_enc, W, wds, n_outputs)
+        fit_time = time.perf_counter() - start
+        sw = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+        scores = np.array([
+            [self._score(logits[test, s, j], y_enc[test], None if sw is None else sw[test])
+             for j in range(len(wds))]
+            for s, (_, test) in enumerate(splits)
+        ])  # (n_splits, n_wds)
+        self._set_cv_results(wds, scores, fit_time)
+        if self.refit:
+            est = self._estimator_class(**self._estimator_params(),
+                                        weight_decay=self.best_params_["weight_decay"])
+            self.best_estimator_ = est.fit(X, y, sample_weight=sample_weight)
+        return self
+
+    def _set_cv_results(self, wds, scores, fit_time):
+        n_splits, n_wds = scores.shape
+        mean, std = scores.mean(axis=0), scores.std(axis=0)
+        rank = rankdata(-np.round(mean, 12), method="min").astype(np.int32)
+        results = {
+            "mean_fit_time": np.full(n_wds, fit_time / (n_splits * n_wds)),
+            "std_fit_time": np.zeros(n_wds),
+            "param_weight_decay": np.ma.MaskedArray(wds, mask=False, dtype=object),
+            "params": [{"weight_decay": float(w)} for w in wds],
+        }
+        for s in range(n_splits):
+            results[f"split{s}_test_score"] = scores[s]
+        results.update(mean_test_score=mean, std_test_score=std, rank_test_score=rank)
+        self.cv_results_ = results
+        self.best_index_ = int(np.flatnonzero(rank == 1)[0])
+        self.best_params_ = results["params"][self.best_index_]
+        self.best_score_ = float(mean[self.best_index_])
+        self.n_splits_ = n_splits
+        self.refit_time_ = None
+        self.fit_time_ = fit_time
+
+    # -- prediction through the refitted best model ---------------------------
+    def _best(self):
+        check_is_fitted(self)
+        if not self.refit:
+            raise AttributeError(f"{type(self).__name__} was fitted with refit=False; "
+                                 "it has cv_results_ but no model to predict with")
+        return self.best_estimator_
+
+    def predict(self, X):
+        """Labels from the model refitted with the best weight decay."""
+        return self._best().predict(X)
+
+    def predict_proba(self, X):
+        """Class probabilities from the refitted best model."""
+        return self._best().predict_proba(X)
+
+    def predict_log_proba(self, X):
+        """Log class probabilities from the refitted best model."""
+        return self._best().predict_log_proba(X)
+
+    def decision_function(self, X):
+        """Decision values from the refitted best model."""
+        return self._best().decision_function(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        return tags
+
+
+class AttentionProbeClassifierCV(_BaseProbeCV):
+    """Attention probe with the weight decay chosen by batched cross-validation.
+
+    All ``n_splits x len(weight_decays)`` models train together in one pass
+    over the shared activations: one stacked module, one GEMM per block and
+    step over all models' query columns, each model's loss masked to its
+    fold's training texts. The best weight decay (mean CV score) is then
+    refitted on all texts as an :class:`AttentionProbeClassifier`.
+
+    Parameters
+    ----------
+    n_heads : int, default=1
+    weight_decays : array-like of float, default=(0.0, 1e-3, 1e-2, 1e-1)
+        Candidate L2 penalties (see :class:`AttentionProbeClassifier`).
+    cv : int, cross-validation generator or iterable, default=5
+        As in :class:`~sklearn.model_selection.GridSearchCV` (an int means
+        stratified k-fold).
+    scoring : {"accuracy", "neg_log_loss"} or None, default=None
+        None is accuracy, the probes' ``score``.
+    refit : bool, default=True
+    position, learning_rate, max_iter, batch_size, class_weight, device,
+    compute_dtype, random_state, callbacks, verbose
+        As in :class:`AttentionProbeClassifier`; ``callbacks`` and
+        ``verbose`` apply to both the batched pass and the refit.
+
+    Attributes
+    ----------
+    cv_results_ : dict
+        ``GridSearchCV``'s keys where they apply: ``params``,
+        ``param_weight_decay``, ``split{k}_test_score``, ``mean_test_score``,
+        ``std_test_score``, ``rank_test_score``, ``mean_fit_time`` (the
+        batched pass's time divided by the number of models).
+    best_index_, best_params_, best_score_ : as in GridSearchCV
+    best_estimator_ : AttentionProbeClassifier
+        Refitted on all texts (when ``refit=True``).
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+    n_splits_ : int
+    fit_time_ : float
+        Seconds spent in the batched cross-validation pass.
+
+    Notes
+    -----
+    Memory: the packed working copy once (as one fit), plus the pooled states
+    of all models, ``n_texts * n_models * n_heads * d_model`` values.
+
+    Examples
+    --------
+    >>> from sklearn_attnprobe import AttentionProbeClassifierCV
+    >>> from sklearn_attnprobe.datasets import make_planted_task
+    >>> X, y = make_planted_task("needle", n_texts=150, d_model=16, random_state=0)
+    >>> cv = AttentionProbeClassifierCV(n_heads=2, cv=3, max_iter=100,
+    ...                                 random_state=0).fit(X, y)
+    >>> sorted(cv.best_params_), len(cv.cv_results_["mean_test_score"])
+    (['weight_decay'], 4)
+    """
+
+    _estimator_class = AttentionProbeClassifier
+    _parameter_constraints = {
+        **_BaseProbeCV._parameter_constraints,
+        **{k: AttentionProbeClassifier._parameter_constraints[k]
+           for k in ("n_heads", "position")},
+    }
+
+    def __init__(self, n_heads=1, *, weight_decays=(0.0, 1e-3, 1e-2, 1e-1), cv=5,
+                 scoring=None, refit=True, position="last", learning_rate=1e-2,
+                 max_iter=500, batch_size=None, class_weight=None, device="cpu",
+                 compute_dtype="auto", random_state=None, callbacks=None, verbose=0):
+        self.n_heads = n_heads
+        self.weight_decays = weight_decays
+        self.cv = cv
+        self.scoring = scoring
+        self.refit = refit
+        self.position = position
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.class_weight = class_weight
+        self.device = device
+        self.compute_dtype = compute_dtype
+        self.random_state = random_state
+        self.callbacks = callbacks
+        self.verbose = verbose
+
+    def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
+        n_splits, n_wds = W.shape[1], len(wds)
+        M = n_splits * n_wds  # model m = fold m // n_wds, weight decay m % n_wds
+        device = resolve_device(self.device)
+        helper = self._estimator_class(**self._estimator_params())
+        dtype = helper._compute_dtype(source)
+        pdtype = parameter_dtype(dtype)
+        # the stand-alone estimator's seed, so each model starts as it would
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        generators = [torch.Generator().manual_seed(int(seed)) for _ in range(M)]
+        module = StackedAttentionProbeModule(
+            M, source.d_model, self.n_heads, n_outputs, position=self.position,
+            generators=generators, dtype=pdtype).to(device)
+        batch = pack(source, dtype, device)
+        weights = np.repeat(W, n_wds, axis=1)  # (n, M)
+        train_set = TrainingSet(batch, y_enc, weights, device=device, dtype=pdtype,
+                                seed=seed)
+        decays = torch.as_tensor(np.tile(wds, n_splits), dtype=pdtype, device=device)
+        self.net_ = fit_module(
+            module, train_set, solver="adamw", learning_rate=self.learning_rate,
+            max_iter=self.max_iter, batch_size=self.batch_size, weight_decay=decays,
+            callbacks=self.callbacks, verbose=self.verbose)
+        del batch, train_set
+        outs, order = [], []
+        module.eval()
+        with torch.no_grad():
+            for block in iter_blocks(source, dtype, device):
+                outs.append(module(PackedBatch([block])).double().cpu().numpy())
+                order.append(block.index)
+        logits = np.concatenate(outs)[inverse_order(np.concatenate(order))]
+        return logits.reshape(len(y_enc), n_splits, n_wds, n_outputs)
+
+    def attention_weights(self, X):
+        """Attention weights of the refitted best model (see AttentionProbeClassifier)."""
+        return self._best().attention_weights(X)
+
+    def attention_entropy(self, X):
+        """Attention entropy of the refitted best model (see AttentionProbeClassifier)."""
+        return self._best().attention_entropy(X)
+
+
+class _PooledProbeCV(_BaseProbeCV):
+    _parameter_constraints = {
+        **{k: v for k, v in _BaseProbeCV._parameter_constraints.items()
+           if k not in ("learning_rate", "batch_size", "random_state")},
+        "tol": [Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(self, *, weight_decays=(0.0, 1e-3, 1e-2, 1e-1), cv=5, scoring=None,
+                 refit=True, max_iter=2000, tol=1e-6, class_weight=None, device="cpu",
+                 compute_dtype="auto", callbacks=None, verbose=0):
+        self.weight_decays = weight_decays
+        self.cv = cv
+        self.scoring = scoring
+        self.refit = refit
+        self.max_iter = max_iter
+        self.tol = tol
+        self.class_weight = class_weight
+        self.device = device
+        self.compute_dtype = compute_dtype
+        self.callbacks = callbacks
+        self.verbose = verbose
+
+    def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
+        device = resolve_device(self.device)
+        helper = self._estimator_class(**self._estimator_params())
+        dtype = helper._compute_dtype(source)
+        pdtype = parameter_dtype(dtype)
+        feats = pool_features(source, self._estimator_class._pooling, dtype, device)
+        batch = PackedBatch([], features=feats, order=np.arange(len(y_enc)))
+        n, n_splits = W.shape
+        logits = np.zeros((n, n_splits, len(wds), n_outputs))
+        self.n_iter_ = np.zeros((n_splits, len(wds)), dtype=np.int64)
+        for s in range(n_splits):
+            train_set = TrainingSet(batch, y_enc, W[:, s], device=device, dtype=pdtype)
+            module = LinearProbeModule(source.d_model, n_outputs, dtype=pdtype).to(device)
+            # strongest penalty first: each solution warm-starts the next
+            for j in np.argsort(-wds, kind="stable"):
+                net = fit_module(module, train_set, solver="lbfgs", learning_rate=1.0,
+                                 max_iter=self.max_iter, batch_size=None,
+                                 weight_decay=float(wds[j]), tol=self.tol,
+                                 callbacks=self.callbacks, verbose=self.verbose)
+                self.n_iter_[s, j] = net.optimizer_.state[module.weight].get("n_iter", 0)
+                with torch.no_grad():
+                    logits[:, s, j] = module(batch).double().cpu().numpy()
+        return logits
+
+
+class MeanProbeClassifierCV(_PooledProbeCV):
+    """Mean probe with the weight decay chosen by cross-validation.
+
+    The texts are mean-pooled once; each fold then runs a warm-started L-BFGS
+    path over ``weight_decays`` (strongest first) on the pooled features. The
+    best weight decay is refitted on all texts as a :class:`MeanProbeClassifier`.
+    Parameters and attributes as in :class:`AttentionProbeClassifierCV` (no
+    learning rate, batch size or random state: L-BFGS from zero is
+    deterministic), plus ``n_iter_`` of shape (n_splits, n_weight_decays).
+
+    Examples
+    --------
+    >>> from sklearn_attnprobe import MeanProbeClassifierCV
+    >>> from sklearn_attnprobe.datasets import make_planted_task
+    >>> X, y = make_planted_task("shift", n_texts=150, random_state=0)
+    >>> MeanProbeClassifierCV(cv=3).fit(X, y).best_score_ > 0.8
+    True
+    """
+
+    _estimator_class = MeanProbeClassifier
+
+
+class LastTokenProbeClassifierCV(_PooledProbeCV):
+    """Last-token probe with the weight decay chosen by cross-validation.
+
+    As :class:`MeanProbeClassifierCV`, pooling each text's last real token.
+
+    Examples
+    --------
+    >>> from sklearn_attnprobe import LastTokenProbeClassifierCV
+    >>> from sklearn_attnprobe.datasets import make_planted_task
+    >>> X, y = make_planted_task("last", n_texts=150, random_state=0)
+    >>> LastTokenProbeClassifierCV(cv=3).fit(X, y).best_score_ > 0.8
+    True
+    """
+
+    _estimator_class = LastTokenProbeClassifier

@@ -1,0 +1,107 @@
+"""The batched CV classes against GridSearchCV over the stand-alone probes."""
+
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from sklearn_attnprobe import (
+    AttentionProbeClassifier,
+    AttentionProbeClassifierCV,
+    LastTokenProbeClassifier,
+    LastTokenProbeClassifierCV,
+    MeanProbeClassifier,
+    MeanProbeClassifierCV,
+)
+from sklearn_attnprobe.datasets import make_planted_task
+
+GRID = [0.0, 1e-3, 1e-2, 1e-1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_planted_task("needle", n_texts=150, d_model=12, n_classes=3,
+                             dtype=np.float64, random_state=0, return_ragged=True)
+
+
+@pytest.mark.parametrize("position", ["last", None])
+def test_attention_cv_reproduces_grid_search(data, position):
+    X, y = data
+    params = dict(n_heads=2, max_iter=80, position=position, random_state=0)
+    gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": GRID},
+                      cv=4).fit(X, y)
+    cv = AttentionProbeClassifierCV(weight_decays=GRID, cv=4, **params).fit(X, y)
+    for k in range(4):
+        np.testing.assert_array_equal(cv.cv_results_[f"split{k}_test_score"],
+                                      gs.cv_results_[f"split{k}_test_score"])
+    assert cv.best_params_ == gs.best_params_
+    assert cv.best_score_ == pytest.approx(gs.best_score_)
+    np.testing.assert_allclose(cv.predict_proba(X), gs.predict_proba(X), atol=1e-10)
+    assert set(cv.cv_results_) <= set(gs.cv_results_)
+
+
+@pytest.mark.parametrize("CV, Single", [
+    (MeanProbeClassifierCV, MeanProbeClassifier),
+    (LastTokenProbeClassifierCV, LastTokenProbeClassifier),
+])
+def test_pooled_cv_path_matches_grid_search(data, CV, Single):
+    X, y = data
+    gs = GridSearchCV(Single(tol=1e-9), {"weight_decay": GRID[1:]}, cv=5).fit(X, y)
+    cv = CV(weight_decays=GRID[1:], tol=1e-9).fit(X, y)
+    # same optimum up to the solver's tolerance: scores within one text per fold
+    np.testing.assert_allclose(cv.cv_results_["mean_test_score"],
+                               gs.cv_results_["mean_test_score"], atol=1 / 30 + 1e-9)
+    assert abs(cv.best_score_ - gs.best_score_) <= 0.01
+    assert cv.n_iter_.shape == (5, 3)
+    np.testing.assert_allclose(cv.predict_proba(X), gs.predict_proba(X), atol=1e-6)
+
+
+def test_neg_log_loss_scoring_and_custom_cv(data):
+    X, y = data
+    splitter = StratifiedKFold(3, shuffle=True, random_state=1)
+    gs = GridSearchCV(MeanProbeClassifier(tol=1e-10), {"weight_decay": [1e-3, 1e-1]},
+                      cv=splitter, scoring="neg_log_loss").fit(X, y)
+    cv = MeanProbeClassifierCV(weight_decays=[1e-3, 1e-1], cv=splitter,
+                               scoring="neg_log_loss", tol=1e-10).fit(X, y)
+    np.testing.assert_allclose(cv.cv_results_["mean_test_score"],
+                               gs.cv_results_["mean_test_score"], rtol=1e-5)
+
+
+def test_class_weight_and_sample_weight_follow_grid_search(data):
+    X, y = data
+    sw = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
+    params = dict(n_heads=1, max_iter=40, random_state=0, class_weight="balanced")
+    gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": [0.0, 0.1]},
+                      cv=3).fit(X, y, sample_weight=sw)
+    cv = AttentionProbeClassifierCV(weight_decays=[0.0, 0.1], cv=3, **params).fit(
+        X, y, sample_weight=sw)
+    np.testing.assert_allclose(cv.cv_results_["mean_test_score"],
+                               gs.cv_results_["mean_test_score"])
+
+
+def test_refit_false_has_results_but_no_model(data):
+    X, y = data
+    cv = MeanProbeClassifierCV(refit=False, cv=3).fit(X, y)
+    assert len(cv.cv_results_["params"]) == 4
+    with pytest.raises(AttributeError, match="refit=False"):
+        cv.predict(X)
+
+
+def test_minibatches_and_attention_inspection(data):
+    X, y = data
+    cv = AttentionProbeClassifierCV(n_heads=2, cv=3, max_iter=30, batch_size=16,
+                                    random_state=0).fit(X, y)
+    assert cv.net_.optimizer_.state[cv.net_.module_.query]["step"] == 30
+    w = cv.attention_weights(X[:3])
+    assert [a.shape for a in w] == [(n, 2) for n in X.lengths[:3]]
+    assert cv.attention_entropy(X).ratio.shape == (len(y), 2)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"weight_decays": []}, "weight_decays"),
+    ({"weight_decays": [-1.0]}, "weight_decays"),
+    ({"cv": 200}, "n_splits|members"),
+])
+def test_cv_bad_parameters(data, bad, match):
+    X, y = data
+    with pytest.raises(ValueError, match=match):
+        MeanProbeClassifierCV(**bad).fit(X, y)
