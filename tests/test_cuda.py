@@ -51,3 +51,28 @@ def test_cuda_probe_pickles_and_predicts():
     est = MAKERS["attention"]("cuda").fit(X, y)
     again = pickle.loads(pickle.dumps(est))
     np.testing.assert_array_equal(again.predict_proba(X), est.predict_proba(X))
+
+
+def test_cv_classes_on_cuda_match_cpu():
+    from sklearn_attnprobe import AttentionProbeClassifierCV, MeanProbeClassifierCV
+
+    X, y = make_planted_task("needle", n_texts=120, d_model=12, dtype=np.float64,
+                             random_state=0)
+    for CV, params in [(AttentionProbeClassifierCV, dict(n_heads=2, max_iter=40,
+                                                         random_state=0)),
+                       (MeanProbeClassifierCV, {})]:
+        cpu = CV(cv=3, **params).fit(X, y)
+        gpu = CV(cv=3, device="cuda", **params).fit(X, y)
+        np.testing.assert_allclose(gpu.cv_results_["mean_test_score"],
+                                   cpu.cv_results_["mean_test_score"], atol=1 / 40)
+        assert gpu.best_estimator_.module_.bias.device.type == "cuda"
+
+
+def test_half_precision_compute_on_cuda():
+    X, y = make_planted_task("needle", n_texts=300, d_model=16, dtype=np.float16,
+                             random_state=0)
+    for dtype in ("float16", "bfloat16"):
+        est = AttentionProbeClassifier(n_heads=2, compute_dtype=dtype, device="cuda",
+                                       random_state=0).fit(X, y)
+        assert est.module_.query.dtype == torch.float32
+        assert est.score(X, y) > 0.8
