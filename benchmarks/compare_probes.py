@@ -5,8 +5,11 @@ Protocol (Shabalin & Belrose, "Attention Probes"): an 80/20 train/test split,
 training part, refit on all of it, accuracy on the test part. Probes: mean and
 last-token (L-BFGS) and attention probes with 1, 2 and 8 heads (AdamW).
 
-Each (task, probe) configuration runs in its own joblib worker (one torch
-thread each). Prints a markdown table and writes CSV / markdown files.
+The cross-validation runs through the batched CV classes (all 20 fold x
+weight-decay models of a probe in one pass); ``--gridsearch`` runs the same
+protocol through scikit-learn's GridSearchCV instead. Each (task, probe)
+configuration runs in its own joblib worker (one torch thread each). Prints a
+markdown table and writes CSV / markdown files.
 
     python benchmarks/compare_probes.py [--n-texts 500] [--n-jobs 2] [--out DIR]
 """
@@ -25,19 +28,32 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 
 from sklearn_attnprobe import (
     AttentionProbeClassifier,
+    AttentionProbeClassifierCV,
     LastTokenProbeClassifier,
+    LastTokenProbeClassifierCV,
     MeanProbeClassifier,
+    MeanProbeClassifierCV,
 )
 from sklearn_attnprobe.datasets import PLANTED_TASKS, make_planted_task
 
 WEIGHT_DECAYS = [0.0, 1e-3, 1e-2, 1e-1]
+# name -> (estimator, batched CV class, its parameters)
 PROBES = {
-    "mean": lambda seed: MeanProbeClassifier(),
-    "last": lambda seed: LastTokenProbeClassifier(),
-    "attn-1": lambda seed: AttentionProbeClassifier(n_heads=1, random_state=seed),
-    "attn-2": lambda seed: AttentionProbeClassifier(n_heads=2, random_state=seed),
-    "attn-8": lambda seed: AttentionProbeClassifier(n_heads=8, random_state=seed),
+    "mean": (MeanProbeClassifier, MeanProbeClassifierCV, {}),
+    "last": (LastTokenProbeClassifier, LastTokenProbeClassifierCV, {}),
+    "attn-1": (AttentionProbeClassifier, AttentionProbeClassifierCV, {"n_heads": 1}),
+    "attn-2": (AttentionProbeClassifier, AttentionProbeClassifierCV, {"n_heads": 2}),
+    "attn-8": (AttentionProbeClassifier, AttentionProbeClassifierCV, {"n_heads": 8}),
 }
+
+
+def make_search(probe_name, seed, gridsearch):
+    Estimator, CV, params = PROBES[probe_name]
+    if "n_heads" in params:
+        params = {**params, "random_state": seed}
+    if gridsearch:
+        return GridSearchCV(Estimator(**params), {"weight_decay": WEIGHT_DECAYS}, cv=5)
+    return CV(weight_decays=WEIGHT_DECAYS, cv=5, **params)
 
 
 def run_config(task, probe_name, args):
@@ -49,8 +65,7 @@ def run_config(task, probe_name, args):
                              return_ragged=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, stratify=y,
                                           random_state=args.seed)
-    search = GridSearchCV(PROBES[probe_name](args.seed), {"weight_decay": WEIGHT_DECAYS},
-                          cv=5, n_jobs=1)
+    search = make_search(probe_name, args.seed, args.gridsearch)
     start = time.perf_counter()
     search.fit(Xtr, ytr)
     elapsed = time.perf_counter() - start
@@ -93,14 +108,16 @@ def main(argv=None):
     parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=list(PROBES))
     parser.add_argument("--n-jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gridsearch", action="store_true",
+                        help="cross-validate with GridSearchCV instead of the CV classes")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for results.csv and results.md")
     args = parser.parse_args(argv)
 
     configs = [(t, p) for t in args.tasks for p in args.probes]
-    print(f"{len(configs)} configurations x 21 fits (5-fold CV over "
-          f"{len(WEIGHT_DECAYS)} weight decays, then a refit), n_jobs={args.n_jobs}",
-          flush=True)
+    how = "GridSearchCV" if args.gridsearch else "batched CV classes"
+    print(f"{len(configs)} configurations x (5-fold CV over {len(WEIGHT_DECAYS)} "
+          f"weight decays with {how}, then a refit), n_jobs={args.n_jobs}", flush=True)
     start = time.perf_counter()
     rows = Parallel(n_jobs=args.n_jobs)(delayed(run_config)(t, p, args) for t, p in configs)
     total = time.perf_counter() - start

@@ -22,14 +22,15 @@ __all__ = [
 ]
 
 
-def masked_softmax(logits, mask):
+def masked_softmax(logits, mask, padding=None):
     """Softmax over the token axis (the last) of ``(k, H, T)`` logits.
 
     Padded tokens get exactly zero weight. The maximum is subtracted before
     exponentiating (inside :func:`torch.softmax`), so logits of 1e4 are safe;
     half-precision logits are normalised in float32 and cast back.
     """
-    filled = logits.masked_fill(~mask[:, None, :], float("-inf"))
+    padding = ~mask if padding is None else padding
+    filled = logits.masked_fill(padding[:, None, :], float("-inf"))
     if filled.dtype in (torch.float16, torch.bfloat16):
         return torch.softmax(filled, dim=-1, dtype=torch.float32).to(logits.dtype)
     return torch.softmax(filled, dim=-1)
@@ -51,7 +52,7 @@ def relative_positions(lengths, T, position, dtype):
     raise ValueError(f"unknown position {position!r}")
 
 
-def attention_logits(x, lengths, query, slope=None, position=None):
+def attention_logits(x, lengths, query, slope=None, position=None, positions=None):
     """``(k, H, T)`` logits ``x_t @ q_h + slope_h * p_t``.
 
     Heads come before tokens so that the softmax runs over the contiguous
@@ -60,12 +61,14 @@ def attention_logits(x, lengths, query, slope=None, position=None):
     k, T, d = x.shape
     logits = (x.reshape(k * T, d) @ query).view(k, T, -1).transpose(1, 2)
     if position is not None:
-        p = relative_positions(lengths, T, position, logits.dtype)
+        p = positions if positions is not None else relative_positions(
+            lengths, T, position, logits.dtype)
         logits = logits + slope[None, :, None] * p[:, None, :]
     return logits
 
 
-def attention_pool(x, mask, lengths, query, slope=None, position=None):
+def attention_pool(x, mask, lengths, query, slope=None, position=None, *,
+                   positions=None, padding=None):
     """Attention-weighted sums of each text's tokens, one per head.
 
     Parameters
@@ -76,6 +79,9 @@ def attention_pool(x, mask, lengths, query, slope=None, position=None):
     query : Tensor (d, H)
     slope : Tensor (H,) or None
     position : {"last", "first"} or None
+    positions, padding : Tensor (k, T), optional
+        Precomputed :func:`relative_positions` and ``~mask`` (blocks cache
+        them across training steps).
 
     Returns
     -------
@@ -86,8 +92,8 @@ def attention_pool(x, mask, lengths, query, slope=None, position=None):
     weights : Tensor (k, H, T)
         Attention weights ``a_th``, zero on padding, summing to 1 over tokens.
     """
-    logits = attention_logits(x, lengths, query, slope, position)
-    weights = masked_softmax(logits, mask)
+    logits = attention_logits(x, lengths, query, slope, position, positions)
+    weights = masked_softmax(logits, mask, padding)
     pooled = torch.matmul(weights, x)
     return pooled, weights
 

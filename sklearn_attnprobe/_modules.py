@@ -62,9 +62,14 @@ class AttentionProbeModule(nn.Module):
     def pool_block(self, block):
         """``(k, H, d)`` pooled states and ``(k, H, T)`` weights of one block."""
         dtype = block.x.dtype  # half-precision compute: cast the parameters
-        slope = self.slope.to(dtype) if self.position is not None else None
+        if self.position is None:
+            slope = positions = None
+        else:
+            slope = self.slope.to(dtype)
+            positions = block.positions(self.position, dtype)
         return attention_pool(block.x, block.mask, block.lengths, self.query.to(dtype),
-                              slope, self.position)
+                              slope, self.position, positions=positions,
+                              padding=block.padding())
 
     def forward(self, batch):
         outs = []

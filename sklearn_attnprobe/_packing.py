@@ -16,14 +16,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ._kernels import relative_positions
 from ._ragged import RaggedArray
 
 DEFAULT_GROWTH = 1.25
 # Upper bound on padded elements (k * T * d) per block when predicting.
 PREDICT_BLOCK_ELEMENTS = 1 << 24
-# A block costs a fixed ~0.1-0.3 ms per training step in op dispatch, about
-# as much as this many padded elements of work on one CPU core.
-BLOCK_OVERHEAD_ELEMENTS = 1 << 16
+# A block costs a fixed ~0.1-0.3 ms per training step in op dispatch and
+# kernel launches: about as much as this many padded elements of work on one
+# CPU core, or on a GPU that streams activations at terabytes per second.
+BLOCK_OVERHEAD_ELEMENTS = {"cpu": 1 << 16, "cuda": 1 << 27}
+
+
+def block_overhead(device):
+    """Padded elements worth one extra block on ``device`` (see above)."""
+    return BLOCK_OVERHEAD_ELEMENTS.get(torch.device(device).type, 1 << 16)
 
 
 @dataclass
@@ -34,9 +41,24 @@ class Block:
     mask: torch.Tensor  # (k, T) bool, True for real tokens
     lengths: torch.Tensor  # (k,) int64
     index: np.ndarray  # (k,) position of each text in the source
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self):
         return self.x.shape[0]
+
+    def padding(self):
+        """``~mask``, computed once per block rather than once per step."""
+        if "padding" not in self._cache:
+            self._cache["padding"] = ~self.mask
+        return self._cache["padding"]
+
+    def positions(self, position, dtype):
+        """Cached ``(k, T)`` position term (see :func:`relative_positions`)."""
+        key = ("positions", position, dtype)
+        if key not in self._cache:
+            self._cache[key] = relative_positions(self.lengths, self.x.shape[1],
+                                                  position, dtype)
+        return self._cache[key]
 
     def select(self, rows):
         """Sub-block with the given rows (a torch index tensor)."""
@@ -64,7 +86,7 @@ class PackedBatch:
 
 
 def length_buckets(lengths, growth=DEFAULT_GROWTH, d_model=1,
-                   block_overhead=BLOCK_OVERHEAD_ELEMENTS):
+                   block_overhead=BLOCK_OVERHEAD_ELEMENTS["cpu"]):
     """Split text positions into buckets of similar length (sorted, stable).
 
     Geometric bins first; then neighbouring bins merge while the padding the
@@ -133,7 +155,8 @@ def pack(source, dtype, device, growth=DEFAULT_GROWTH):
     """All texts of a source as a :class:`PackedBatch` (the fit's working copy)."""
     blocks = [
         make_block(source, idx, dtype, device)
-        for idx in length_buckets(source.lengths, growth, source.d_model)
+        for idx in length_buckets(source.lengths, growth, source.d_model,
+                                  block_overhead(device))
     ]
     return PackedBatch(blocks)
 
@@ -145,7 +168,7 @@ def iter_blocks(source, dtype, device, growth=DEFAULT_GROWTH,
     Used at prediction time so memory stays bounded whatever the test set's size.
     """
     d = source.d_model
-    for idx in length_buckets(source.lengths, growth, d):
+    for idx in length_buckets(source.lengths, growth, d, block_overhead(device)):
         T = int(source.lengths[idx].max())
         per_chunk = max(1, max_elements // (T * d))
         for start in range(0, len(idx), per_chunk):

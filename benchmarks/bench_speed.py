@@ -1,0 +1,406 @@
+"""CPU speed, memory and precision benchmark of the attention probe.
+
+Measured side by side in one run, on this machine:
+
+1. time per AdamW step of ``AttentionProbeClassifier(n_heads=8)`` against a
+   direct implementation of the seed's pseudocode (``_direct.py``: pad to the
+   longest text, per-token values of shape tokens x heads x classes), for 10
+   classes and for a binary task, and their test accuracies after the same
+   number of steps from the same initialisation;
+2. the machine's memory bandwidth and GEMM throughput, and each step's time as
+   a fraction of the roofline (the larger of FLOPs / GEMM throughput and
+   bytes / bandwidth, with bytes = two reads of the real tokens);
+3. ``AttentionProbeClassifierCV`` (all 20 fold x weight-decay models in one
+   batched pass) against ``GridSearchCV(n_jobs=1)`` over the same grid, and the
+   pooled probes' CV classes against their GridSearchCV;
+4. peak memory growth of a fit on skewed lengths (1% of texts 4,096 tokens,
+   the rest 32) relative to the packed input, in a fresh subprocess;
+5. bfloat16 / float16 compute: speed per step and accuracy on the planted tasks.
+
+Timings run one after another using every core (torch's threads = cores);
+the accuracy runs of (5) are independent configurations and run
+joblib-parallel with one torch thread each.
+
+    python benchmarks/bench_speed.py [--out benchmarks/results] [--quick]
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from sklearn.model_selection import GridSearchCV, train_test_split
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _direct  # noqa: E402
+
+from sklearn_attnprobe import (  # noqa: E402
+    AttentionProbeClassifier,
+    AttentionProbeClassifierCV,
+    MeanProbeClassifier,
+    MeanProbeClassifierCV,
+)
+from sklearn_attnprobe._modules import init_values  # noqa: E402
+from sklearn_attnprobe._packing import length_buckets  # noqa: E402
+from sklearn_attnprobe.datasets import make_planted_task  # noqa: E402
+
+GRID = [0.0, 1e-3, 1e-2, 1e-1]
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def bandwidth(n_bytes=1 << 29):
+    a = torch.ones(n_bytes // 4)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    reps, start = 5, time.perf_counter()
+    for _ in range(reps):
+        b.copy_(a)
+    return 2 * n_bytes * reps / (time.perf_counter() - start)
+
+
+def gemm_throughput(dtype, n=2048):
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b
+    reps, start = 5, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def ours_step(X, y, k1=10, k2=40, **params):
+    """Seconds per step of our fit: the difference of two fits cancels packing."""
+    def fit(k):
+        start = time.perf_counter()
+        AttentionProbeClassifier(max_iter=k, random_state=0, **params).fit(X, y)
+        return time.perf_counter() - start
+    fit(2)
+    return (fit(k2) - fit(k1)) / (k2 - k1)
+
+
+def direct_module(d, H, C, seed=0):
+    """The direct probe, initialised exactly as ours with random_state=seed."""
+    s = np.random.RandomState(seed).randint(np.iinfo(np.int32).max)
+    value = init_values(d, H, C, torch.Generator().manual_seed(int(s)), torch.float32)
+    return _direct.DirectAttentionProbe(torch.zeros(d, H), torch.zeros(H), value,
+                                        torch.zeros(C))
+
+
+def direct_step(texts, y, H, C, steps=3):
+    x, mask, lengths = _direct.padded(texts)
+    module = direct_module(x.shape[2], H, C)
+    _direct.train(module, x, mask, lengths, y, 1, 1e-2)
+    start = time.perf_counter()
+    _direct.train(module, x, mask, lengths, y, steps, 1e-2)
+    return (time.perf_counter() - start) / steps
+
+
+def step_flops_bytes(lengths, d, H, itemsize=4):
+    """FLOPs of one step of ours (4 GEMMs over the padded buckets) and the
+    minimal bytes (two reads of the real tokens)."""
+    padded = sum(len(b) * lengths[b].max() for b in length_buckets(lengths, 1.25, d))
+    return 8.0 * padded * d * H, 2.0 * lengths.sum() * d * itemsize
+
+
+# -- 1 and 2: one fit vs the direct formulation, roofline -------------------
+def single_fit_section(args, hw):
+    rows = []
+    for n_classes in (10, 2):
+        X, y = make_planted_task("needle", n_texts=args.n_texts, d_model=args.d_model,
+                                 n_classes=n_classes, min_length=16, max_length=128,
+                                 random_state=0)
+        H, C = 8, (1 if n_classes == 2 else n_classes)
+        t_ours = ours_step(X, y, n_heads=H)
+        t_direct = direct_step(X, y, H, C)
+        flops, nbytes = step_flops_bytes(np.array([len(t) for t in X]), args.d_model, H)
+        roof = max(flops / hw["gemm_f32"], nbytes / hw["bandwidth"])
+        # equal accuracy: same init, same steps, test split
+        Xa, Xb, ya, yb = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
+        ours = AttentionProbeClassifier(n_heads=H, max_iter=args.acc_steps,
+                                        random_state=0).fit(Xa, ya)
+        xa, ma, la = _direct.padded(Xa)
+        direct = _direct.train(direct_module(args.d_model, H, C), xa, ma, la, ya,
+                               args.acc_steps, 1e-2)
+        rows.append({
+            "n_classes": n_classes, "n_texts": args.n_texts, "d_model": args.d_model,
+            "ours_ms_per_step": 1e3 * t_ours, "direct_ms_per_step": 1e3 * t_direct,
+            "speedup": t_direct / t_ours,
+            "roofline_ms": 1e3 * roof, "fraction_of_roofline": roof / t_ours,
+            "ours_test_acc": ours.score(Xb, yb),
+            "direct_test_acc": _direct.accuracy(direct, Xb, yb),
+            "acc_steps": args.acc_steps,
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def scaling_section(args):
+    rows = []
+    for n in args.scaling_sizes:
+        X, y = make_planted_task("needle", n_texts=n, d_model=args.d_model, n_classes=10,
+                                 min_length=16, max_length=128, random_state=0)
+        rows.append({"n_texts": n, "tokens": int(sum(len(t) for t in X)),
+                     "ours_ms": 1e3 * ours_step(X, y, k1=5, k2=20, n_heads=8),
+                     "direct_ms": 1e3 * direct_step(X, y, 8, 10, steps=2)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+# -- 3: batched sweep vs GridSearchCV ---------------------------------------
+def sweep_section(args):
+    X, y = make_planted_task("needle", n_texts=args.sweep_texts, d_model=256,
+                             n_classes=8, min_length=16, max_length=64, random_state=0,
+                             return_ragged=True)
+    out = {}
+    for compute in ("float32", "bfloat16"):
+        params = dict(n_heads=8, max_iter=args.sweep_steps, random_state=0,
+                      compute_dtype=compute)
+        start = time.perf_counter()
+        gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": GRID},
+                          cv=5, n_jobs=1).fit(X, y)
+        t_gs = time.perf_counter() - start
+        start = time.perf_counter()
+        cv = AttentionProbeClassifierCV(weight_decays=GRID, cv=5, **params).fit(X, y)
+        t_cv = time.perf_counter() - start
+        out[f"attention_{compute}"] = {
+            "gridsearch_s": t_gs, "cv_class_s": t_cv, "speedup": t_gs / t_cv,
+            "gridsearch_best": gs.best_params_, "cv_best": cv.best_params_,
+            "gridsearch_best_score": gs.best_score_, "cv_best_score": cv.best_score_,
+            "max_abs_mean_score_diff": float(np.abs(
+                gs.cv_results_["mean_test_score"] - cv.cv_results_["mean_test_score"]).max()),
+        }
+        print(compute, out[f"attention_{compute}"], flush=True)
+    start = time.perf_counter()
+    gs = GridSearchCV(MeanProbeClassifier(), {"weight_decay": GRID}, cv=5).fit(X, y)
+    t_gs = time.perf_counter() - start
+    start = time.perf_counter()
+    cv = MeanProbeClassifierCV(weight_decays=GRID, cv=5).fit(X, y)
+    t_cv = time.perf_counter() - start
+    out["mean"] = {"gridsearch_s": t_gs, "cv_class_s": t_cv, "speedup": t_gs / t_cv,
+                   "gridsearch_best": gs.best_params_, "cv_best": cv.best_params_,
+                   "gridsearch_best_score": gs.best_score_, "cv_best_score": cv.best_score_}
+    print("mean", out["mean"], flush=True)
+    # per-step time of M stacked models vs M separate fits
+    models = []
+    Xs, ys = X[: args.sweep_texts // 2], y[: args.sweep_texts // 2]
+    single = ours_step(Xs, ys, k1=3, k2=13, n_heads=8)
+    for n_folds, n_wds in [(1, 1), (2, 2), (2, 4), (5, 4)]:
+        def fit(k, n_folds=n_folds, n_wds=n_wds):
+            start = time.perf_counter()
+            AttentionProbeClassifierCV(n_heads=8, weight_decays=GRID[:n_wds],
+                                       cv=max(n_folds, 2), max_iter=k, refit=False,
+                                       random_state=0).fit(Xs, ys)
+            return time.perf_counter() - start
+        # cv=2 trains 2 folds; the (1, 1) point is a 2-fold run of 1 decay / 2
+        m = max(n_folds, 2) * n_wds
+        t = (fit(13) - fit(3)) / 10
+        models.append({"n_models": m, "stacked_ms_per_step": 1e3 * t,
+                       "separate_ms_per_step": 1e3 * single * m})
+        print(models[-1], flush=True)
+    out["stacked_vs_separate"] = models
+    return out
+
+
+# -- 4: memory on skewed lengths ----------------------------------------------
+MEMORY_CHILD = r"""
+import json, resource, sys, numpy as np, torch
+from sklearn_attnprobe import AttentionProbeClassifier, RaggedArray
+n, d, dtype, compute = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+# warm-up fit: torch's thread pools, allocator and kernels take a fixed
+# ~100 MB at the first fit of a process, which is not the fit's data
+AttentionProbeClassifier(n_heads=8, max_iter=2, compute_dtype=compute).fit(
+    [np.ones((3, d), dtype)] * 4, [0, 1] * 2)
+rng = np.random.default_rng(0)
+lengths = np.full(n, 32); lengths[: n // 100] = 4096
+data = np.empty((lengths.sum(), d), dtype)
+for s in range(0, len(data), 1 << 14):  # in chunks: no float32 copy in the peak
+    data[s : s + (1 << 14)] = rng.standard_normal((len(data[s : s + (1 << 14)]), d))
+X = RaggedArray(data, np.concatenate([[0], np.cumsum(lengths)]))
+y = np.arange(n) % 2
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) * 1024
+before = rss()
+AttentionProbeClassifier(n_heads=8, max_iter=3, compute_dtype=compute).fit(X, y)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"input_bytes": int(data.nbytes), "rss_before": before, "peak": peak,
+                  "padded_to_longest_bytes": int(n * 4096 * d * 4)}))
+"""
+
+
+def memory_section(args):
+    rows = []
+    for dtype, compute in [("float32", "auto"), ("float16", "auto"),
+                           ("float16", "float16")]:
+        res = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(args.memory_texts),
+                              "256", dtype, compute], capture_output=True, text=True,
+                             check=True)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        growth = r["peak"] - r["rss_before"]
+        rows.append({"input_dtype": dtype, "compute_dtype": compute,
+                     "input_mib": r["input_bytes"] / 2**20,
+                     "peak_growth_mib": growth / 2**20,
+                     "growth_over_input": growth / r["input_bytes"],
+                     "padded_to_longest_f32_mib": r["padded_to_longest_bytes"] / 2**20})
+        print(rows[-1], flush=True)
+    return rows
+
+
+# -- 5: low precision -----------------------------------------------------------
+def precision_accuracy(task, compute, n_texts):
+    torch.set_num_threads(1)
+    X, y = make_planted_task(task, n_texts=n_texts, d_model=64, dtype=np.float16,
+                             random_state=0)
+    Xa, Xb, ya, yb = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    start = time.perf_counter()
+    est = AttentionProbeClassifier(n_heads=2, compute_dtype=compute,
+                                   random_state=0).fit(Xa, ya)
+    return {"task": task, "compute_dtype": compute, "test_acc": est.score(Xb, yb),
+            "fit_s": time.perf_counter() - start}
+
+
+def precision_section(args):
+    X, y = make_planted_task("needle", n_texts=args.n_texts, d_model=args.d_model,
+                             n_classes=10, min_length=16, max_length=128,
+                             dtype=np.float16, random_state=0)
+    speed = {c: 1e3 * ours_step(X, y, k1=5, k2=15, n_heads=8, compute_dtype=c)
+             for c in ("float32", "bfloat16", "float16")}
+    print("ms per step by compute dtype", speed, flush=True)
+    acc = Parallel(n_jobs=args.n_jobs)(
+        delayed(precision_accuracy)(task, c, args.precision_texts)
+        for task in ("needle", "shift", "last")
+        for c in ("float32", "bfloat16", "float16"))
+    for row in acc:
+        print(row, flush=True)
+    return {"ms_per_step": speed, "accuracy": acc}
+
+
+def plots(result, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return
+    s = result["scaling"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.loglog([r["tokens"] for r in s], [r["direct_ms"] for r in s], "o-", label="direct")
+    ax.loglog([r["tokens"] for r in s], [r["ours_ms"] for r in s], "o-", label="ours")
+    ax.set_xlabel("real tokens")
+    ax.set_ylabel("ms per AdamW step")
+    ax.set_title("8 heads, 10 classes, d_model %d" % result["single_fit"][0]["d_model"])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "speed_time_per_step.png", dpi=120)
+    m = result["sweep"]["stacked_vs_separate"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["n_models"] for r in m], [r["separate_ms_per_step"] for r in m], "o-",
+            label="separate fits (sum)")
+    ax.plot([r["n_models"] for r in m], [r["stacked_ms_per_step"] for r in m], "o-",
+            label="stacked (CV class)")
+    ax.set_xlabel("models trained")
+    ax.set_ylabel("ms per step, all models")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "speed_sweep_models.png", dpi=120)
+
+
+def markdown(result):
+    m, hw = result["machine"], result["hardware"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads); measured bandwidth "
+        f"{hw['bandwidth'] / 1e9:.1f} GB/s, GEMM {hw['gemm_f32'] / 1e9:.0f} GFLOP/s "
+        f"float32, {hw['gemm_bf16'] / 1e9:.0f} GFLOP/s bfloat16.", "",
+        "| classes | ours ms/step | direct ms/step | speed-up | roofline ms | "
+        "fraction of roofline | ours acc | direct acc |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["single_fit"]:
+        lines.append(
+            f"| {r['n_classes']} | {r['ours_ms_per_step']:.1f} | "
+            f"{r['direct_ms_per_step']:.1f} | {r['speedup']:.1f}x | {r['roofline_ms']:.1f} | "
+            f"{r['fraction_of_roofline']:.2f} | {r['ours_test_acc']:.3f} | "
+            f"{r['direct_test_acc']:.3f} |")
+    lines += ["", "| sweep | GridSearchCV s | CV class s | speed-up | same choice | "
+              "best CV score (GS / CV) |", "|---|---|---|---|---|---|"]
+    for name, r in result["sweep"].items():
+        if name == "stacked_vs_separate":
+            continue
+        lines.append(f"| {name} | {r['gridsearch_s']:.1f} | {r['cv_class_s']:.1f} | "
+                     f"{r['speedup']:.1f}x | {r['gridsearch_best'] == r['cv_best']} | "
+                     f"{r['gridsearch_best_score']:.3f} / {r['cv_best_score']:.3f} |")
+    lines += ["", "| input | compute | input MiB | peak growth MiB | growth / input | "
+              "padded-to-longest f32 MiB |", "|---|---|---|---|---|---|"]
+    for r in result["memory"]:
+        lines.append(f"| {r['input_dtype']} | {r['compute_dtype']} | {r['input_mib']:.0f} | "
+                     f"{r['peak_growth_mib']:.0f} | {r['growth_over_input']:.2f} | "
+                     f"{r['padded_to_longest_f32_mib']:.0f} |")
+    p = result["precision"]
+    lines += ["", "ms per step by compute dtype (float16 input): " + ", ".join(
+        f"{k} {v:.1f}" for k, v in p["ms_per_step"].items()), "",
+        "| task | compute | test acc | fit s |", "|---|---|---|---|"]
+    for r in p["accuracy"]:
+        lines.append(f"| {r['task']} | {r['compute_dtype']} | {r['test_acc']:.3f} | "
+                     f"{r['fit_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--n-jobs", type=int, default=os.cpu_count())
+    args = parser.parse_args(argv)
+    big = not args.quick
+    args.n_texts = 1500 if big else 200
+    args.d_model = 384 if big else 64
+    args.acc_steps = 60 if big else 10
+    args.scaling_sizes = [250, 500, 1000, 2000] if big else [100, 200]
+    args.sweep_texts = 1000 if big else 150
+    args.sweep_steps = 100 if big else 10
+    args.memory_texts = 4000 if big else 300
+    args.precision_texts = 600 if big else 150
+
+    torch.set_num_threads(os.cpu_count())
+    hw = {"bandwidth": bandwidth(), "gemm_f32": gemm_throughput(torch.float32),
+          "gemm_bf16": gemm_throughput(torch.bfloat16)}
+    print(hw, flush=True)
+    start = time.perf_counter()
+    result = {"machine": machine(), "hardware": hw}
+    result["single_fit"] = single_fit_section(args, hw)
+    result["scaling"] = scaling_section(args)
+    result["sweep"] = sweep_section(args)
+    result["memory"] = memory_section(args)
+    result["precision"] = precision_section(args)
+    result["total_s"] = time.perf_counter() - start
+    table = markdown(result)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "speed.json").write_text(json.dumps(result, indent=2, default=str))
+        (args.out / "speed.md").write_text(table + f"\n\nTotal {result['total_s']:.0f} s.\n")
+        plots(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
