@@ -31,8 +31,12 @@ def masked_softmax(logits, mask, padding=None):
     """
     padding = ~mask if padding is None else padding
     filled = logits.masked_fill(padding[:, None, :], float("-inf"))
+    return _softmax_last(filled, logits.dtype)
+
+
+def _softmax_last(filled, dtype):
     if filled.dtype in (torch.float16, torch.bfloat16):
-        return torch.softmax(filled, dim=-1, dtype=torch.float32).to(logits.dtype)
+        return torch.softmax(filled, dim=-1, dtype=torch.float32).to(dtype)
     return torch.softmax(filled, dim=-1)
 
 
@@ -63,7 +67,7 @@ def attention_logits(x, lengths, query, slope=None, position=None, positions=Non
     if position is not None:
         p = positions if positions is not None else relative_positions(
             lengths, T, position, logits.dtype)
-        logits = logits + slope[None, :, None] * p[:, None, :]
+        logits = torch.addcmul(logits, slope[None, :, None], p[:, None, :])  # one pass
     return logits
 
 
@@ -93,7 +97,10 @@ def attention_pool(x, mask, lengths, query, slope=None, position=None, *,
         Attention weights ``a_th``, zero on padding, summing to 1 over tokens.
     """
     logits = attention_logits(x, lengths, query, slope, position, positions)
-    weights = masked_softmax(logits, mask, padding)
+    padding = ~mask if padding is None else padding
+    # in place: nothing upstream needs the logits for its backward pass
+    logits = logits.masked_fill_(padding[:, None, :], float("-inf"))
+    weights = _softmax_last(logits, x.dtype)
     pooled = torch.matmul(weights, x)
     return pooled, weights
 

@@ -496,7 +496,7 @@ def test_attention_bad_n_heads(n_heads):
 @pytest.mark.parametrize(
     "param, value",
     [("weight_decay", -0.1), ("learning_rate", 0.0), ("max_iter", 0),
-     ("batch_size", 0), ("compute_dtype", "float16"), ("class_weight", "even"),
+     ("batch_size", 0), ("compute_dtype", "int8"), ("class_weight", "even"),
      ("device", 3)],
 )
 def test_bad_common_parameter(make, param, value):
