@@ -87,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--d-model", type=int, default=2304)
     parser.add_argument("--n-heads", type=int, default=8)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile a 10-step float16 fit (CPU and CUDA time per op)")
     parser.add_argument("--bandwidth-gib", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -145,6 +147,17 @@ def main(argv=None):
         )
     table = "\n".join(lines)
     print(table)
+    if args.profile and args.device == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        est = AttentionProbeClassifier(n_heads=args.n_heads, max_iter=10, device="cuda",
+                                       compute_dtype="float16", random_state=0)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            est.fit(X, y)
+        summary = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+        print(summary)
+        if args.out is not None:
+            (args.out / "gpu_profile.txt").write_text(summary)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu.json").write_text(json.dumps(result, indent=2))
