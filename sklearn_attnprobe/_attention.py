@@ -74,6 +74,7 @@ class AttentionProbeClassifier(BaseProbe):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+        Class labels, sorted.
     n_features_in_ : int
         ``d_model``.
     feature_names_in_ : ndarray of str
@@ -89,6 +90,7 @@ class AttentionProbeClassifier(BaseProbe):
     --------
     MeanProbeClassifier : Mean pooling then logistic regression.
     LastTokenProbeClassifier : Last token then logistic regression.
+    AttentionProbeClassifierCV : Weight decay chosen by batched cross-validation.
 
     Notes
     -----
@@ -174,7 +176,8 @@ class AttentionProbeClassifier(BaseProbe):
 
         Parameters
         ----------
-        X : texts in any form accepted by ``fit``
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts in any form accepted by :meth:`fit`.
 
         Returns
         -------
@@ -200,7 +203,8 @@ class AttentionProbeClassifier(BaseProbe):
 
         Parameters
         ----------
-        X : texts in any form accepted by ``fit``
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts in any form accepted by :meth:`fit`.
 
         Returns
         -------

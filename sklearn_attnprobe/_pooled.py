@@ -14,7 +14,7 @@ from ._packing import PackedBatch, inverse_order, iter_blocks
 _SHARED_DOC = """
     Parameters
     ----------
-    solver : {{"lbfgs", "adamw"}}, default="lbfgs"
+    solver : {"lbfgs", "adamw"}, default="lbfgs"
         Full-batch L-BFGS (strong Wolfe line search), as in the seed, or AdamW.
     weight_decay : float, default=0.0
         L2 penalty: the objective is the sample-weighted mean log-loss plus
@@ -33,8 +33,11 @@ _SHARED_DOC = """
     batch_size : int or None, default=None
         AdamW texts per step (L-BFGS is always full batch).
     class_weight : dict, "balanced" or None, default=None
+        Multiplies each sample's weight by its class's weight, as in
+        :class:`~sklearn.linear_model.LogisticRegression`.
     device : str or torch.device, default="cpu"
-    compute_dtype : {{"auto", "float32", "float64", "bfloat16", "float16"}}, default="auto"
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``..., or ``"auto"`` (CUDA if present).
+    compute_dtype : {"auto", "float32", "float64", "bfloat16", "float16"}, default="auto"
         Dtype in which texts are read and pooled. ``"auto"`` is float64 for
         float64 input, float32 otherwise. Half precision pools in float32
         accumulators and fits the regression in float32.
@@ -43,20 +46,33 @@ _SHARED_DOC = """
     random_state : int, RandomState instance or None, default=None
         Seeds the AdamW minibatch order (L-BFGS from zero is deterministic).
     callbacks : list of skorch callbacks or None, default=None
+        Passed to the owned :class:`skorch.NeuralNet` (progress bars, LR
+        schedules, checkpoints).
     verbose : int, default=0
+        skorch's per-epoch log when positive.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+        Class labels, sorted.
     n_features_in_ : int
+        ``d_model``.
     feature_names_in_ : ndarray of str
         Only when fitted on a 2-D DataFrame.
     coef_ : ndarray of shape (1, d_model) or (n_classes, d_model)
+        Weights on the pooled features; one row for a binary problem (the
+        log-odds of ``classes_[1]``), as in logistic regression.
     intercept_ : ndarray of shape (1,) or (n_classes,)
+        Intercepts (not penalised).
     module_ : LinearProbeModule
+        Fitted torch module (``weight``, ``bias``).
     net_ : skorch.NeuralNet
+        The skorch net that trained it (``net_.history`` holds the losses).
     n_iter_ : int
+        L-BFGS iterations or AdamW steps taken.
+"""
 
+_SHARED_NOTES = """
     Notes
     -----
     The texts are pooled once, block by block; a fit holds the
@@ -122,12 +138,16 @@ class _PooledProbe(BaseProbe):
         Parameters
         ----------
         X : list of ndarray of shape (T_i, d_model), RaggedArray, ndarray of shape (n_texts, T, d_model) or (n_texts, d_model)
+            Per-token activations of each text.
         y : array-like of shape (n_texts,)
+            Class labels (any type scikit-learn accepts).
         sample_weight : array-like of shape (n_texts,), default=None
+            Non-negative weights.
 
         Returns
         -------
-        self
+        self : object
+            The fitted probe.
         """
         return self._fit(X, y, sample_weight)
 
@@ -159,6 +179,14 @@ class MeanProbeClassifier(_PooledProbe):
 """
         + _SHARED_DOC
         + """
+    See Also
+    --------
+    LastTokenProbeClassifier : Last token then logistic regression.
+    AttentionProbeClassifier : Learned attention pooling then a linear readout.
+    MeanProbeClassifierCV : Weight decay chosen by cross-validation.
+"""
+        + _SHARED_NOTES
+        + """
     Examples
     --------
     >>> from sklearn_attnprobe import MeanProbeClassifier
@@ -176,6 +204,14 @@ class LastTokenProbeClassifier(_PooledProbe):
         """Last-token probe: take each text's last real token, then logistic regression.
 """
         + _SHARED_DOC
+        + """
+    See Also
+    --------
+    MeanProbeClassifier : Mean pooling then logistic regression.
+    AttentionProbeClassifier : Learned attention pooling then a linear readout.
+    LastTokenProbeClassifierCV : Weight decay chosen by cross-validation.
+"""
+        + _SHARED_NOTES
         + """
     Examples
     --------

@@ -65,6 +65,11 @@ class RaggedArray:
         ``None`` marks the ragged axis. ``shape[0]`` is what scikit-learn
         reads as the number of samples.
 
+    See Also
+    --------
+    ActivationScaler : Standardises ragged activations, ragged in, ragged out.
+    AttentionProbeClassifier : Accepts a RaggedArray (or a list of arrays).
+
     Examples
     --------
     >>> import numpy as np
@@ -115,7 +120,20 @@ class RaggedArray:
     # -- construction -----------------------------------------------------
     @classmethod
     def from_list(cls, arrays, dtype=None):
-        """Pack a sequence of ``(T_i, d_model)`` arrays into one buffer (one copy)."""
+        """Pack a sequence of ``(T_i, d_model)`` arrays into one buffer (one copy).
+
+        Parameters
+        ----------
+        arrays : sequence of array-like of shape (T_i, d_model)
+            The texts, in order. They are concatenated once.
+        dtype : numpy dtype or None, default=None
+            Dtype of the buffer; None keeps the concatenation's dtype.
+
+        Returns
+        -------
+        ragged : RaggedArray
+            A packed RaggedArray owning the new buffer.
+        """
         arrays = [np.asarray(a) for a in arrays]
         for i, a in enumerate(arrays):
             if a.ndim != 2:
@@ -137,6 +155,19 @@ class RaggedArray:
         """Pack a padded ``(n, T, d)`` array, keeping ``lengths[i]`` tokens of text i.
 
         Tokens are taken from the start of each row (right padding).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_texts, T, d_model)
+            Right-padded activations, e.g. a batch's hidden states.
+        lengths : array-like of int of shape (n_texts,)
+            Number of real tokens of each row, at most ``T``; for a
+            transformers batch, ``attention_mask.sum(axis=1)``.
+
+        Returns
+        -------
+        ragged : RaggedArray
+            A packed RaggedArray holding only the real tokens.
         """
         X = np.asarray(X)
         if X.ndim != 3:
@@ -241,11 +272,23 @@ class RaggedArray:
 
     # -- conversion -------------------------------------------------------------
     def to_list(self):
-        """List of ``(T_i, d_model)`` views into the buffer."""
+        """List of ``(T_i, d_model)`` views into the buffer.
+
+        Returns
+        -------
+        texts : list of ndarray of shape (T_i, d_model)
+            Views, not copies: writing to them writes to :attr:`data`.
+        """
         return list(self)
 
     def token_index(self):
-        """Buffer row of every referenced token, text after text (int64)."""
+        """Buffer row of every referenced token, text after text.
+
+        Returns
+        -------
+        rows : ndarray of int64 of shape (n_tokens,)
+            ``data[rows]`` holds the tokens of text 0, then text 1, and so on.
+        """
         total = self.n_tokens
         text_of_token = np.repeat(np.arange(len(self)), self.lengths)
         first = np.cumsum(self.lengths) - self.lengths
@@ -253,14 +296,40 @@ class RaggedArray:
         return self.starts[text_of_token] + within
 
     def pack(self, dtype=None):
-        """Contiguous copy holding only the referenced tokens, in text order."""
+        """Contiguous copy holding only the referenced tokens, in text order.
+
+        Parameters
+        ----------
+        dtype : numpy dtype or None, default=None
+            Dtype of the copy; None keeps the buffer's dtype.
+
+        Returns
+        -------
+        ragged : RaggedArray
+            A packed RaggedArray (``is_packed`` is True) with a new buffer.
+        """
         data = np.take(self.data, self.token_index(), axis=0)
         if dtype is not None:
             data = data.astype(dtype, copy=False)
         return RaggedArray(data, np.concatenate([[0], np.cumsum(self.lengths)]))
 
     def to_padded(self, fill_value=0.0, max_length=None):
-        """``(n_texts, T, d_model)`` array (right padding) and a boolean mask."""
+        """``(n_texts, T, d_model)`` array (right padding) and a boolean mask.
+
+        Parameters
+        ----------
+        fill_value : float, default=0.0
+            Value of the padded positions.
+        max_length : int or None, default=None
+            ``T``; None uses the longest text. Longer texts are truncated.
+
+        Returns
+        -------
+        padded : ndarray of shape (n_texts, T, d_model)
+            The texts, each starting at position 0.
+        mask : ndarray of bool of shape (n_texts, T)
+            True at real tokens, False at padding.
+        """
         T = int(self.lengths.max()) if max_length is None else int(max_length)
         pos = np.arange(T)
         mask = pos[None, :] < self.lengths[:, None]
@@ -272,7 +341,14 @@ class RaggedArray:
 
     # -- persistence ------------------------------------------------------------
     def save(self, path):
-        """Write an uncompressed ``.npz`` that :meth:`load` can memory-map."""
+        """Write an uncompressed ``.npz`` that :meth:`load` can memory-map.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file; numpy appends ``.npz`` when it is missing. A
+            selection of another RaggedArray is packed first.
+        """
         packed = self if self.is_packed else self.pack()
         np.savez(path, data=packed.data, offsets=packed.offsets)
 
@@ -280,8 +356,19 @@ class RaggedArray:
     def load(cls, path, mmap_mode=None):
         """Read a file written by :meth:`save`.
 
-        With ``mmap_mode="r"`` the token buffer is memory-mapped straight from
-        the (uncompressed) archive: nothing but the offsets is read into RAM.
+        Parameters
+        ----------
+        path : str or path-like
+            A ``.npz`` file written by :meth:`save`.
+        mmap_mode : {None, "r", "r+", "c"}, default=None
+            With ``mmap_mode="r"`` the token buffer is memory-mapped straight
+            from the (uncompressed) archive: nothing but the offsets is read
+            into RAM. None reads everything.
+
+        Returns
+        -------
+        ragged : RaggedArray
+            The stored texts.
         """
         if mmap_mode is None:
             with np.load(path) as f:

@@ -57,7 +57,14 @@ class ActivationScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     scale_ : ndarray of shape (d_model,)
         Standard deviation (1 where it is 0, or when ``with_std=False``).
     n_tokens_seen_ : int
+        Number of tokens the statistics were computed over.
     n_features_in_ : int
+        ``d_model``.
+
+    See Also
+    --------
+    RaggedArray : The flat-buffer container this scaler accepts and returns.
+    sklearn.preprocessing.StandardScaler : The same scaling for one vector per sample.
 
     Examples
     --------
@@ -84,7 +91,20 @@ class ActivationScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Compute per-dimension mean and standard deviation over all tokens."""
+        """Compute per-dimension mean and standard deviation over all tokens.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray, ndarray of shape (n_texts, T, d_model) or (n_texts, d_model)
+            Per-token activations; every token of every text counts once.
+        y : None
+            Ignored; present for pipeline compatibility.
+
+        Returns
+        -------
+        self : ActivationScaler
+            The fitted scaler.
+        """
         source = validate_ragged(self, X, reset=True)
         d = source.d_model
         count, mean, m2 = 0, np.zeros(d), np.zeros(d)
@@ -119,7 +139,21 @@ class ActivationScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return z.astype(out_dtype, copy=False)
 
     def transform(self, X):
-        """Scale every token; the output has the input's container type."""
+        """Scale every token; the output has the input's container type.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray, ndarray of shape (n_texts, T, d_model) or (n_texts, d_model)
+            Per-token activations with the ``d_model`` seen in :meth:`fit`.
+
+        Returns
+        -------
+        X_scaled : list of ndarray, RaggedArray or ndarray
+            ``(x - mean_) / scale_`` for every token (clipped when ``clip`` is
+            set), in the input's dtype: a list (or tuple) for a list (or tuple),
+            a packed RaggedArray for a RaggedArray, an array of the same shape
+            for an array.
+        """
         check_is_fitted(self)
         source = validate_ragged(self, X, reset=False)
         dtype = source.dtype

@@ -32,22 +32,38 @@ def make_planted_task(task, *, n_texts=500, d_model=32, n_classes=2, min_length=
     task : {"needle", "shift", "last"}
         Where the signal sits (see the module docstring).
     n_texts : int, default=500
+        Number of texts.
     d_model : int, default=32
+        Width of each token vector.
     n_classes : int, default=2
+        Number of classes; the labels are balanced (``i % n_classes`` in
+        random order).
     min_length, max_length : int, default=8, 48
         Text lengths are drawn uniformly from ``[min_length, max_length]``.
     signal : float or None, default=None
         Signal strength; None picks a default per task (needle 3.0,
         shift 0.35, last 2.0) where the intended probe wins clearly.
     dtype : numpy dtype, default=np.float32
+        Dtype of the activations.
     return_ragged : bool, default=False
         Return a :class:`RaggedArray` instead of a list of arrays.
     random_state : int, RandomState instance or None, default=None
+        Seeds everything (directions, labels, lengths, noise, needle
+        positions); an int gives the same task on every call.
 
     Returns
     -------
     X : list of ndarray of shape (T_i, d_model), or RaggedArray
+        Per-token activations of each text: standard normal noise plus the
+        planted signal.
     y : ndarray of shape (n_texts,) of int
+        Class of each text, in ``range(n_classes)``.
+
+    See Also
+    --------
+    sklearn_attnprobe.AttentionProbeClassifier : Should win on ``"needle"``.
+    sklearn_attnprobe.MeanProbeClassifier : Should win on ``"shift"``.
+    sklearn_attnprobe.LastTokenProbeClassifier : Should win on ``"last"``.
 
     Examples
     --------
