@@ -197,7 +197,18 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         return logits[:, 0] if logits.shape[1] == 1 else logits
 
     def predict_proba(self, X):
-        """Class probabilities, shape (n_texts, n_classes), columns as ``classes_``."""
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_texts, n_classes)
+            Columns in the order of ``classes_``; rows sum to 1.
+        """
         logits = self._logits(X)
         if logits.shape[1] == 1:
             p = expit(logits[:, 0])
@@ -205,7 +216,17 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         return softmax(logits, axis=1)
 
     def predict_log_proba(self, X):
-        """Log of :meth:`predict_proba`, computed stably."""
+        """Log of :meth:`predict_proba`, computed stably from the logits.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_texts, n_classes)
+        """
         logits = self._logits(X)
         if logits.shape[1] == 1:
             z = logits[:, 0]
@@ -213,7 +234,18 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         return log_softmax(logits, axis=1)
 
     def predict(self, X):
-        """Predicted class label of each text."""
+        """Predicted class label of each text.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_texts,)
+            Elements of ``classes_``.
+        """
         logits = self._logits(X)
         if logits.shape[1] == 1:
             return self.classes_[(logits[:, 0] > 0).astype(int)]

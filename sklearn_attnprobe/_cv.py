@@ -177,19 +177,59 @@ class _BaseProbeCV(ClassifierMixin, BaseEstimator):
         return self.best_estimator_
 
     def predict(self, X):
-        """Labels from the model refitted with the best weight decay."""
+        """Labels from the model refitted with the best weight decay.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_texts,)
+        """
         return self._best().predict(X)
 
     def predict_proba(self, X):
-        """Class probabilities from the refitted best model."""
+        """Class probabilities from the refitted best model.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_texts, n_classes)
+        """
         return self._best().predict_proba(X)
 
     def predict_log_proba(self, X):
-        """Log class probabilities from the refitted best model."""
+        """Log class probabilities from the refitted best model.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_texts, n_classes)
+        """
         return self._best().predict_log_proba(X)
 
     def decision_function(self, X):
-        """Decision values from the refitted best model."""
+        """Decision values from the refitted best model.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_texts,) or (n_texts, n_classes)
+        """
         return self._best().decision_function(X)
 
     def __sklearn_tags__(self):
@@ -210,6 +250,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     Parameters
     ----------
     n_heads : int, default=1
+        Attention heads of every model.
     weight_decays : array-like of float, default=(0.0, 1e-3, 1e-2, 1e-1)
         Candidate L2 penalties (see :class:`AttentionProbeClassifier`).
     cv : int, cross-validation generator or iterable, default=5
@@ -218,10 +259,28 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     scoring : {"accuracy", "neg_log_loss"} or None, default=None
         None is accuracy, the probes' ``score``.
     refit : bool, default=True
-    position, learning_rate, max_iter, batch_size, class_weight, device,
-    compute_dtype, random_state, callbacks, verbose
-        As in :class:`AttentionProbeClassifier`; ``callbacks`` and
-        ``verbose`` apply to both the batched pass and the refit.
+        Refit the best weight decay on all texts as ``best_estimator_``.
+    position : {"last", "first"} or None, default="last"
+        As in :class:`AttentionProbeClassifier`.
+    learning_rate : float, default=1e-2
+        AdamW step size, shared by all models.
+    max_iter : int, default=500
+        AdamW steps of the batched pass (and of the refit).
+    batch_size : int or None, default=None
+        Texts per step; one minibatch serves all models.
+    class_weight : dict, "balanced" or None, default=None
+        Computed on each fold's training texts, as GridSearchCV would.
+    device : str or torch.device, default="cpu"
+        As in :class:`AttentionProbeClassifier`.
+    compute_dtype : {"auto", "float32", "float64", "bfloat16", "float16"}, default="auto"
+        As in :class:`AttentionProbeClassifier`.
+    random_state : int, RandomState instance or None, default=None
+        With an int, every model starts as a stand-alone
+        ``AttentionProbeClassifier(random_state=...)`` would.
+    callbacks : list of skorch callbacks or None, default=None
+        Applied to the batched pass and to the refit.
+    verbose : int, default=0
+        skorch's per-epoch log when positive.
 
     Attributes
     ----------
@@ -238,6 +297,13 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     n_splits_ : int
     fit_time_ : float
         Seconds spent in the batched cross-validation pass.
+    net_ : skorch.NeuralNet
+        The net that trained the stacked models.
+
+    See Also
+    --------
+    AttentionProbeClassifier : The probe itself.
+    sklearn.model_selection.GridSearchCV : The same search, one fit at a time.
 
     Notes
     -----
@@ -315,11 +381,33 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         return logits.reshape(len(y_enc), n_splits, n_wds, n_outputs)
 
     def attention_weights(self, X):
-        """Attention weights of the refitted best model (see AttentionProbeClassifier)."""
+        """Attention weights of the refitted best model.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        weights : list of ndarray of shape (T_i, n_heads)
+            See :meth:`AttentionProbeClassifier.attention_weights`.
+        """
         return self._best().attention_weights(X)
 
     def attention_entropy(self, X):
-        """Attention entropy of the refitted best model (see AttentionProbeClassifier)."""
+        """Attention entropy of the refitted best model.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, d_model), RaggedArray or array
+            Texts' activations, in any form accepted by ``fit``.
+
+        Returns
+        -------
+        result : :class:`~sklearn.utils.Bunch`
+            See :meth:`AttentionProbeClassifier.attention_entropy`.
+        """
         return self._best().attention_entropy(X)
 
 
@@ -376,9 +464,61 @@ class MeanProbeClassifierCV(_PooledProbeCV):
     The texts are mean-pooled once; each fold then runs a warm-started L-BFGS
     path over ``weight_decays`` (strongest first) on the pooled features. The
     best weight decay is refitted on all texts as a :class:`MeanProbeClassifier`.
-    Parameters and attributes as in :class:`AttentionProbeClassifierCV` (no
-    learning rate, batch size or random state: L-BFGS from zero is
-    deterministic), plus ``n_iter_`` of shape (n_splits, n_weight_decays).
+    There is no learning rate, batch size or random state: L-BFGS from zero is
+    deterministic.
+
+    Parameters
+    ----------
+    weight_decays : array-like of float, default=(0.0, 1e-3, 1e-2, 1e-1)
+        Candidate L2 penalties, see :class:`MeanProbeClassifier`.
+    cv : int, cross-validation generator or iterable, default=5
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+    scoring : {"accuracy", "neg_log_loss"} or None, default=None
+        None is accuracy.
+    refit : bool, default=True
+        Refit the best weight decay on all texts as ``best_estimator_``.
+    max_iter : int, default=2000
+        L-BFGS iterations per fit of the path.
+    tol : float, default=1e-6
+        L-BFGS gradient tolerance.
+    class_weight : dict, "balanced" or None, default=None
+        Computed on each fold's training texts.
+    device : str or torch.device, default="cpu"
+        Where pooling and fitting run.
+    compute_dtype : {"auto", "float32", "float64", "bfloat16", "float16"}, default="auto"
+        As in the probe.
+    callbacks : list of skorch callbacks or None, default=None
+        Passed to every fit.
+    verbose : int, default=0
+        skorch's log when positive.
+
+    Attributes
+    ----------
+    cv_results_ : dict
+        GridSearchCV's keys where they apply.
+    best_index_ : int
+        Index of the best weight decay in ``cv_results_``.
+    best_params_ : dict
+        ``{"weight_decay": best}``.
+    best_score_ : float
+        Mean CV score of the best weight decay.
+    best_estimator_ : estimator
+        Refitted on all texts (when ``refit=True``).
+    classes_ : ndarray of shape (n_classes,)
+        Class labels, sorted.
+    n_features_in_ : int
+        ``d_model``.
+    n_splits_ : int
+        Number of folds.
+    n_iter_ : ndarray of shape (n_splits, n_weight_decays)
+        L-BFGS iterations of each fit of the paths.
+    fit_time_ : float
+        Seconds spent pooling and fitting the paths.
+
+    See Also
+    --------
+    MeanProbeClassifier : The probe itself.
+    AttentionProbeClassifierCV : The same for the attention probe.
 
     Examples
     --------
@@ -396,6 +536,59 @@ class LastTokenProbeClassifierCV(_PooledProbeCV):
     """Last-token probe with the weight decay chosen by cross-validation.
 
     As :class:`MeanProbeClassifierCV`, pooling each text's last real token.
+
+    Parameters
+    ----------
+    weight_decays : array-like of float, default=(0.0, 1e-3, 1e-2, 1e-1)
+        Candidate L2 penalties, see :class:`LastTokenProbeClassifier`.
+    cv : int, cross-validation generator or iterable, default=5
+        As in :class:`~sklearn.model_selection.GridSearchCV`.
+    scoring : {"accuracy", "neg_log_loss"} or None, default=None
+        None is accuracy.
+    refit : bool, default=True
+        Refit the best weight decay on all texts as ``best_estimator_``.
+    max_iter : int, default=2000
+        L-BFGS iterations per fit of the path.
+    tol : float, default=1e-6
+        L-BFGS gradient tolerance.
+    class_weight : dict, "balanced" or None, default=None
+        Computed on each fold's training texts.
+    device : str or torch.device, default="cpu"
+        Where pooling and fitting run.
+    compute_dtype : {"auto", "float32", "float64", "bfloat16", "float16"}, default="auto"
+        As in the probe.
+    callbacks : list of skorch callbacks or None, default=None
+        Passed to every fit.
+    verbose : int, default=0
+        skorch's log when positive.
+
+    Attributes
+    ----------
+    cv_results_ : dict
+        GridSearchCV's keys where they apply.
+    best_index_ : int
+        Index of the best weight decay in ``cv_results_``.
+    best_params_ : dict
+        ``{"weight_decay": best}``.
+    best_score_ : float
+        Mean CV score of the best weight decay.
+    best_estimator_ : estimator
+        Refitted on all texts (when ``refit=True``).
+    classes_ : ndarray of shape (n_classes,)
+        Class labels, sorted.
+    n_features_in_ : int
+        ``d_model``.
+    n_splits_ : int
+        Number of folds.
+    n_iter_ : ndarray of shape (n_splits, n_weight_decays)
+        L-BFGS iterations of each fit of the paths.
+    fit_time_ : float
+        Seconds spent pooling and fitting the paths.
+
+    See Also
+    --------
+    LastTokenProbeClassifier : The probe itself.
+    MeanProbeClassifierCV : The same with mean pooling.
 
     Examples
     --------

@@ -79,20 +79,6 @@ REQUIRED_CHECKS = {
 # missing Attributes section.
 _PREDICT_GAP = {"PR01", "RT01"}
 KNOWN_GAPS = {
-    # _base.py
-    "BaseProbe.predict": _PREDICT_GAP,
-    "BaseProbe.predict_proba": _PREDICT_GAP,
-    "BaseProbe.predict_log_proba": _PREDICT_GAP,
-    # _cv.py
-    "AttentionProbeClassifierCV": {"PR01", "PR02", "PR07", "SA01"},
-    "AttentionProbeClassifierCV.attention_entropy": _PREDICT_GAP,
-    "AttentionProbeClassifierCV.attention_weights": _PREDICT_GAP,
-    "MeanProbeClassifierCV": {"PR01", "SA01", "ATTRS"},
-    "LastTokenProbeClassifierCV": {"PR01", "SA01", "ATTRS"},
-    "_BaseProbeCV.decision_function": _PREDICT_GAP,
-    "_BaseProbeCV.predict": _PREDICT_GAP,
-    "_BaseProbeCV.predict_log_proba": _PREDICT_GAP,
-    "_BaseProbeCV.predict_proba": _PREDICT_GAP,
     # activations/
     "TransformerActivations": {"PR07", "SA01"},
     "TransformerActivations.fit": {"PR01", "RT01"},
