@@ -96,82 +96,13 @@ def attention_pool(x, mask, lengths, query, slope=None, position=None, *,
     weights : Tensor (k, H, T)
         Attention weights ``a_th``, zero on padding, summing to 1 over tokens.
     """
-    padding = ~mask if padding is None else padding
-    if position is not None and positions is None:
-        positions = relative_positions(lengths, x.shape[1], position, x.dtype)
-    if _cache_blocked(x):
-        return _CacheBlockedAttentionPool.apply(
-            x, query, slope if position is not None else None,
-            positions if position is not None else None, padding)
     logits = attention_logits(x, lengths, query, slope, position, positions)
+    padding = ~mask if padding is None else padding
     # in place: nothing upstream needs the logits for its backward pass
     logits = logits.masked_fill_(padding[:, None, :], float("-inf"))
     weights = _softmax_last(logits, x.dtype)
     pooled = torch.matmul(weights, x)
     return pooled, weights
-
-
-# Texts per cache block: about this many values of x (2 MiB in float32), so a
-# chunk read for the logits is still in cache when the pooling reads it again.
-CACHE_BLOCK_ELEMENTS = 1 << 19
-
-
-def _cache_blocked(x):
-    """The cache-blocked path: CPU, full precision, activations without grad."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not x.requires_grad and x.shape[0] > 1)
-
-
-class _CacheBlockedAttentionPool(torch.autograd.Function):
-    """:func:`attention_pool` reading the activations twice per step, not four times.
-
-    On a CPU the probe is memory-bound: the plain formulation streams ``x``
-    through memory for the logits, the pooling, and in the backward pass for
-    the weights' gradient and the query's gradient. Here both forward products
-    and both backward products run chunk by chunk (a few texts whose tokens
-    fit in cache), so each pass brings ``x`` from memory once. The softmax
-    backward uses the saved weights. Gradients flow to ``query`` and ``slope``
-    only (activations are data).
-    """
-
-    @staticmethod
-    def forward(ctx, x, query, slope, positions, padding):
-        k, T, d = x.shape
-        H = query.shape[1]
-        step = max(1, CACHE_BLOCK_ELEMENTS // (T * d))
-        pooled = x.new_empty(k, H, d)
-        weights = x.new_empty(k, H, T)
-        for s in range(0, k, step):
-            xc = x[s : s + step]
-            logits = torch.matmul(query.t(), xc.transpose(1, 2))  # (c, H, T)
-            if slope is not None:
-                logits = torch.addcmul(logits, slope[None, :, None],
-                                       positions[s : s + step, None, :])
-            logits.masked_fill_(padding[s : s + step, None, :], float("-inf"))
-            w = torch.softmax(logits, dim=-1)
-            weights[s : s + step] = w
-            torch.matmul(w, xc, out=pooled[s : s + step])
-        ctx.save_for_backward(x, query, slope, positions, weights)
-        ctx.step = step
-        return pooled, weights
-
-    @staticmethod
-    def backward(ctx, d_pooled, d_weights):
-        x, query, slope, positions, weights = ctx.saved_tensors
-        k, T, d = x.shape
-        d_query = torch.zeros_like(query)
-        d_slope = torch.zeros_like(slope) if slope is not None else None
-        for s in range(0, k, ctx.step):
-            xc, w = x[s : s + ctx.step], weights[s : s + ctx.step]
-            dw = (torch.matmul(d_pooled[s : s + ctx.step], xc.transpose(1, 2))
-                  if d_pooled is not None else torch.zeros_like(w))
-            if d_weights is not None:
-                dw = dw + d_weights[s : s + ctx.step]
-            d_logits = w * (dw - (w * dw).sum(dim=-1, keepdim=True))  # softmax backward
-            d_query += torch.matmul(xc.transpose(1, 2), d_logits.transpose(1, 2)).sum(0)
-            if slope is not None:
-                d_slope += (d_logits * positions[s : s + ctx.step, None, :]).sum(dim=(0, 2))
-        return None, d_query, d_slope, None, None
 
 
 def mean_pool(x, lengths):

@@ -148,30 +148,3 @@ def test_length_buckets_partition_and_bound_padding(lengths, d):
     # geometric bins pad at most 25%; each merge of two bins adds less padding
     # than one block's overhead
     assert padded * d <= 1.25 * lengths.sum() * d + (n_bins - len(buckets)) * (1 << 16)
-
-
-@pytest.mark.parametrize("position", ["last", "first", None])
-def test_cache_blocked_path_equals_plain_autograd(position, monkeypatch):
-    from sklearn_attnprobe import _kernels
-
-    monkeypatch.setattr(_kernels, "CACHE_BLOCK_ELEMENTS", 64)  # many chunks
-    rng = np.random.default_rng(5)
-    k, T, d, H = 23, 9, 4, 3
-    x = torch.as_tensor(rng.standard_normal((k, T, d)))
-    lengths = torch.as_tensor(rng.integers(1, T + 1, k))
-    mask = torch.arange(T)[None, :] < lengths[:, None]
-    grads = []
-    for requires_grad_x in (False, True):  # x with grad takes the plain autograd path
-        xx = x.clone().requires_grad_(requires_grad_x)
-        assert _kernels._cache_blocked(xx) is not requires_grad_x
-        q = torch.as_tensor(rng.standard_normal((d, H))).requires_grad_()
-        s = torch.as_tensor(rng.standard_normal(H)).requires_grad_()
-        rng = np.random.default_rng(5)  # same q, s both times
-        q.data = torch.as_tensor(np.random.default_rng(1).standard_normal((d, H)))
-        s.data = torch.as_tensor(np.random.default_rng(2).standard_normal(H))
-        pooled, weights = attention_pool(xx, mask, lengths, q, s, position)
-        (pooled.pow(2).sum() + weights.pow(3).sum()).backward()
-        grads.append((pooled.detach(), weights.detach(), q.grad,
-                      s.grad if position is not None else torch.zeros(1)))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
