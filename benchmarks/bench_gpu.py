@@ -79,6 +79,34 @@ def time_per_step(X, y, compute_dtype, n_heads, device, k1=5, k2=25):
     return (t2 - t1) / (k2 - k1), t1, peak, est
 
 
+def sweep(args, rng):
+    """The batched CV class against GridSearchCV, on the GPU."""
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_attnprobe import AttentionProbeClassifierCV
+
+    X, y = shared_buffer_texts(args.sweep_texts, args.min_length, args.max_length,
+                               args.d_model, rng)
+    grid = [0.0, 1e-3, 1e-2, 1e-1]
+    params = dict(n_heads=args.n_heads, max_iter=100, device=args.device,
+                  compute_dtype="float16", random_state=0)
+    sync(args.device)
+    start = time.perf_counter()
+    gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": grid},
+                      cv=5).fit(X, y)
+    sync(args.device)
+    t_gs = time.perf_counter() - start
+    start = time.perf_counter()
+    cv = AttentionProbeClassifierCV(weight_decays=grid, cv=5, **params).fit(X, y)
+    sync(args.device)
+    t_cv = time.perf_counter() - start
+    return {"max_iter": 100, "gridsearch_s": t_gs, "cv_class_s": t_cv,
+            "speedup": t_gs / t_cv, "same_choice": gs.best_params_ == cv.best_params_,
+            "max_abs_mean_score_diff": float(np.abs(
+                gs.cv_results_["mean_test_score"]
+                - cv.cv_results_["mean_test_score"]).max())}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-texts", type=int, default=16384)
@@ -90,6 +118,8 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="also profile a 10-step float16 fit (CPU and CUDA time per op)")
     parser.add_argument("--bandwidth-gib", type=int, default=4)
+    parser.add_argument("--sweep-texts", type=int, default=0,
+                        help="also time AttentionProbeClassifierCV against GridSearchCV")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -145,6 +175,14 @@ def main(argv=None):
             f"{r['roofline_ms']:.2f} | {r['fraction_of_roofline']:.2f} | "
             f"{r['peak_gpu_gib']:.1f} |"
         )
+    if args.sweep_texts:
+        result["sweep"] = sweep(args, rng)
+        s = result["sweep"]
+        lines += ["", f"Sweep over 4 weight decays x 5 folds ({args.sweep_texts} texts, "
+                  f"{s['max_iter']} steps, float16 compute): GridSearchCV(n_jobs=1) "
+                  f"{s['gridsearch_s']:.1f} s, AttentionProbeClassifierCV "
+                  f"{s['cv_class_s']:.1f} s ({s['speedup']:.1f}x); same choice: "
+                  f"{s['same_choice']}."]
     table = "\n".join(lines)
     print(table)
     if args.profile and args.device == "cuda":

@@ -7,12 +7,9 @@ array per text): :class:`AttentionProbeClassifier`,
 """
 
 from ._attention import AttentionProbeClassifier
-from ._cv import (
-    AttentionProbeClassifierCV,
-    LastTokenProbeClassifierCV,
-    MeanProbeClassifierCV,
-)
+from ._cv import AttentionProbeClassifierCV
 from ._pooled import LastTokenProbeClassifier, MeanProbeClassifier
+from ._pooled_cv import LastTokenProbeClassifierCV, MeanProbeClassifierCV
 from ._ragged import RaggedArray
 from ._scaler import ActivationScaler
 

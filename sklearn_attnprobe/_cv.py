@@ -18,7 +18,6 @@ batched sweep reproduces ``GridSearchCV``'s models up to float rounding.
 """
 
 import time
-from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -26,16 +25,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.model_selection import check_cv
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from scipy.stats import rankdata
 
 from ._attention import AttentionProbeClassifier
 from ._base import BaseProbe, parameter_dtype, resolve_device
-from ._modules import LinearProbeModule, StackedAttentionProbeModule
+from ._modules import StackedAttentionProbeModule
 from ._packing import PackedBatch, inverse_order, iter_blocks, pack
-from ._pooled import LastTokenProbeClassifier, MeanProbeClassifier, pool_features
 from ._training import TrainingSet, fit_module, per_sample_log_loss
 from ._validation import validate_ragged, validate_targets
 
@@ -409,194 +407,3 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
             See :meth:`AttentionProbeClassifier.attention_entropy`.
         """
         return self._best().attention_entropy(X)
-
-
-class _PooledProbeCV(_BaseProbeCV):
-    _parameter_constraints = {
-        **{k: v for k, v in _BaseProbeCV._parameter_constraints.items()
-           if k not in ("learning_rate", "batch_size", "random_state")},
-        "tol": [Interval(Real, 0, None, closed="neither")],
-    }
-
-    def __init__(self, *, weight_decays=(0.0, 1e-3, 1e-2, 1e-1), cv=5, scoring=None,
-                 refit=True, max_iter=2000, tol=1e-6, class_weight=None, device="cpu",
-                 compute_dtype="auto", callbacks=None, verbose=0):
-        self.weight_decays = weight_decays
-        self.cv = cv
-        self.scoring = scoring
-        self.refit = refit
-        self.max_iter = max_iter
-        self.tol = tol
-        self.class_weight = class_weight
-        self.device = device
-        self.compute_dtype = compute_dtype
-        self.callbacks = callbacks
-        self.verbose = verbose
-
-    def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
-        device = resolve_device(self.device)
-        helper = self._estimator_class(**self._estimator_params())
-        dtype = helper._compute_dtype(source)
-        pdtype = parameter_dtype(dtype)
-        feats = pool_features(source, self._estimator_class._pooling, dtype, device)
-        batch = PackedBatch([], features=feats, order=np.arange(len(y_enc)))
-        n, n_splits = W.shape
-        logits = np.zeros((n, n_splits, len(wds), n_outputs))
-        self.n_iter_ = np.zeros((n_splits, len(wds)), dtype=np.int64)
-        for s in range(n_splits):
-            train_set = TrainingSet(batch, y_enc, W[:, s], device=device, dtype=pdtype)
-            module = LinearProbeModule(source.d_model, n_outputs, dtype=pdtype).to(device)
-            # strongest penalty first: each solution warm-starts the next
-            for j in np.argsort(-wds, kind="stable"):
-                net = fit_module(module, train_set, solver="lbfgs", learning_rate=1.0,
-                                 max_iter=self.max_iter, batch_size=None,
-                                 weight_decay=float(wds[j]), tol=self.tol,
-                                 callbacks=self.callbacks, verbose=self.verbose)
-                self.n_iter_[s, j] = net.optimizer_.state[module.weight].get("n_iter", 0)
-                with torch.no_grad():
-                    logits[:, s, j] = module(batch).double().cpu().numpy()
-        return logits
-
-
-class MeanProbeClassifierCV(_PooledProbeCV):
-    """Mean probe with the weight decay chosen by cross-validation.
-
-    The texts are mean-pooled once; each fold then runs a warm-started L-BFGS
-    path over ``weight_decays`` (strongest first) on the pooled features. The
-    best weight decay is refitted on all texts as a :class:`MeanProbeClassifier`.
-    There is no learning rate, batch size or random state: L-BFGS from zero is
-    deterministic.
-
-    Parameters
-    ----------
-    weight_decays : array-like of float, default=(0.0, 1e-3, 1e-2, 1e-1)
-        Candidate L2 penalties, see :class:`MeanProbeClassifier`.
-    cv : int, cross-validation generator or iterable, default=5
-        As in :class:`~sklearn.model_selection.GridSearchCV`.
-    scoring : {"accuracy", "neg_log_loss"} or None, default=None
-        None is accuracy.
-    refit : bool, default=True
-        Refit the best weight decay on all texts as ``best_estimator_``.
-    max_iter : int, default=2000
-        L-BFGS iterations per fit of the path.
-    tol : float, default=1e-6
-        L-BFGS gradient tolerance.
-    class_weight : dict, "balanced" or None, default=None
-        Computed on each fold's training texts.
-    device : str or torch.device, default="cpu"
-        Where pooling and fitting run.
-    compute_dtype : {"auto", "float32", "float64", "bfloat16", "float16"}, default="auto"
-        As in the probe.
-    callbacks : list of skorch callbacks or None, default=None
-        Passed to every fit.
-    verbose : int, default=0
-        skorch's log when positive.
-
-    Attributes
-    ----------
-    cv_results_ : dict
-        GridSearchCV's keys where they apply.
-    best_index_ : int
-        Index of the best weight decay in ``cv_results_``.
-    best_params_ : dict
-        ``{"weight_decay": best}``.
-    best_score_ : float
-        Mean CV score of the best weight decay.
-    best_estimator_ : estimator
-        Refitted on all texts (when ``refit=True``).
-    classes_ : ndarray of shape (n_classes,)
-        Class labels, sorted.
-    n_features_in_ : int
-        ``d_model``.
-    n_splits_ : int
-        Number of folds.
-    n_iter_ : ndarray of shape (n_splits, n_weight_decays)
-        L-BFGS iterations of each fit of the paths.
-    fit_time_ : float
-        Seconds spent pooling and fitting the paths.
-
-    See Also
-    --------
-    MeanProbeClassifier : The probe itself.
-    AttentionProbeClassifierCV : The same for the attention probe.
-
-    Examples
-    --------
-    >>> from sklearn_attnprobe import MeanProbeClassifierCV
-    >>> from sklearn_attnprobe.datasets import make_planted_task
-    >>> X, y = make_planted_task("shift", n_texts=150, random_state=0)
-    >>> MeanProbeClassifierCV(cv=3).fit(X, y).best_score_ > 0.8
-    True
-    """
-
-    _estimator_class = MeanProbeClassifier
-
-
-class LastTokenProbeClassifierCV(_PooledProbeCV):
-    """Last-token probe with the weight decay chosen by cross-validation.
-
-    As :class:`MeanProbeClassifierCV`, pooling each text's last real token.
-
-    Parameters
-    ----------
-    weight_decays : array-like of float, default=(0.0, 1e-3, 1e-2, 1e-1)
-        Candidate L2 penalties, see :class:`LastTokenProbeClassifier`.
-    cv : int, cross-validation generator or iterable, default=5
-        As in :class:`~sklearn.model_selection.GridSearchCV`.
-    scoring : {"accuracy", "neg_log_loss"} or None, default=None
-        None is accuracy.
-    refit : bool, default=True
-        Refit the best weight decay on all texts as ``best_estimator_``.
-    max_iter : int, default=2000
-        L-BFGS iterations per fit of the path.
-    tol : float, default=1e-6
-        L-BFGS gradient tolerance.
-    class_weight : dict, "balanced" or None, default=None
-        Computed on each fold's training texts.
-    device : str or torch.device, default="cpu"
-        Where pooling and fitting run.
-    compute_dtype : {"auto", "float32", "float64", "bfloat16", "float16"}, default="auto"
-        As in the probe.
-    callbacks : list of skorch callbacks or None, default=None
-        Passed to every fit.
-    verbose : int, default=0
-        skorch's log when positive.
-
-    Attributes
-    ----------
-    cv_results_ : dict
-        GridSearchCV's keys where they apply.
-    best_index_ : int
-        Index of the best weight decay in ``cv_results_``.
-    best_params_ : dict
-        ``{"weight_decay": best}``.
-    best_score_ : float
-        Mean CV score of the best weight decay.
-    best_estimator_ : estimator
-        Refitted on all texts (when ``refit=True``).
-    classes_ : ndarray of shape (n_classes,)
-        Class labels, sorted.
-    n_features_in_ : int
-        ``d_model``.
-    n_splits_ : int
-        Number of folds.
-    n_iter_ : ndarray of shape (n_splits, n_weight_decays)
-        L-BFGS iterations of each fit of the paths.
-    fit_time_ : float
-        Seconds spent pooling and fitting the paths.
-
-    See Also
-    --------
-    LastTokenProbeClassifier : The probe itself.
-    MeanProbeClassifierCV : The same with mean pooling.
-
-    Examples
-    --------
-    >>> from sklearn_attnprobe import LastTokenProbeClassifierCV
-    >>> from sklearn_attnprobe.datasets import make_planted_task
-    >>> X, y = make_planted_task("last", n_texts=150, random_state=0)
-    >>> LastTokenProbeClassifierCV(cv=3).fit(X, y).best_score_ > 0.8
-    True
-    """
-
-    _estimator_class = LastTokenProbeClassifier
