@@ -13,7 +13,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._packing import inverse_order
-from ._training import TrainingSet, fit_module, n_iterations
+from ._training import TrainingSet, fit_module, flush_denormal, n_iterations
 from ._validation import validate_ragged, validate_targets
 
 _COMPUTE_DTYPES = {
@@ -166,7 +166,7 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         dtype, device = self._module_placement()
         outs, order = [], []
         self.module_.eval()
-        with torch.no_grad():
+        with torch.no_grad(), flush_denormal():
             for batch in self._predict_batches(source, dtype, device):
                 outs.append(self.module_(batch).double().cpu().numpy())
                 order.append(batch.order)

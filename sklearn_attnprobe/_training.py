@@ -16,6 +16,7 @@ skorch epoch per pass over the training texts, ``max_iter`` steps in all.
 
 import copy
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -142,6 +143,25 @@ class ProbeNet(NeuralNet):
         return loss
 
 
+@contextmanager
+def flush_denormal():
+    """Run with subnormal floats flushed to zero (x86 CPUs), then switch back.
+
+    Once a probe fits well, the loss gradient holds values like 1e-40
+    (confident softmax outputs minus one-hot targets) and every matrix product
+    downstream of it slows down 3-10x on x86 CPUs (measured: a step going from
+    150 ms to 600 ms within 30 steps). Values that small change nothing.
+    torch's flag is process-wide state without a getter: it is restored to
+    torch's default (off) on exit.
+    """
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
+
+
 def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size,
                weight_decay, tol=None, callbacks=None, verbose=0):
     """Train ``module`` in place on ``train_set``; return the fitted net.
@@ -193,7 +213,8 @@ def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size
         train_set.steps_left = max_iter
     else:
         raise ValueError(f"unknown solver {solver!r}")
-    net.fit(train_set, None)
+    with flush_denormal():
+        net.fit(train_set, None)
     return net
 
 

@@ -148,3 +148,14 @@ def test_length_buckets_partition_and_bound_padding(lengths, d):
     # geometric bins pad at most 25%; each merge of two bins adds less padding
     # than one block's overhead
     assert padded * d <= 1.25 * lengths.sum() * d + (n_bins - len(buckets)) * (1 << 16)
+
+
+def test_flush_denormal_context_flushes_then_restores():
+    from sklearn_attnprobe._training import flush_denormal
+
+    sub = torch.tensor([1e-39], dtype=torch.float32)  # subnormal in float32
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal numbers")
+    with flush_denormal():
+        assert (sub * 1.0).item() == 0.0
+    assert (sub * 1.0).item() > 0.0
