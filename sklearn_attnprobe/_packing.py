@@ -20,8 +20,10 @@ from ._kernels import relative_positions
 from ._ragged import RaggedArray
 
 DEFAULT_GROWTH = 1.25
-# Upper bound on padded elements (k * T * d) per block when predicting.
+# Upper bounds on padded elements (k * T * d) per block when predicting and
+# training; on a GPU, fewer and bigger blocks cost less than launches.
 PREDICT_BLOCK_ELEMENTS = 1 << 24
+TRAIN_BLOCK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 30}
 # A block costs a fixed ~0.1-0.3 ms per training step in op dispatch and
 # kernel launches: about as much as this many padded elements of work on one
 # CPU core, or on a GPU that streams activations at terabytes per second.
@@ -156,14 +158,26 @@ def make_block(source, idx, dtype, device):
     return Block(x, mask, lengths_t, np.asarray(idx))
 
 
+def _block_indices(source, growth, device, max_elements):
+    """Text positions of each block: length buckets cut to ``max_elements``."""
+    d = source.d_model
+    for idx in length_buckets(source.lengths, growth, d, block_overhead(device)):
+        T = int(source.lengths[idx].max())
+        per_chunk = max(1, max_elements // (T * d))
+        for start in range(0, len(idx), per_chunk):
+            yield idx[start : start + per_chunk]
+
+
 def pack(source, dtype, device, growth=DEFAULT_GROWTH):
-    """All texts of a source as a :class:`PackedBatch` (the fit's working copy)."""
-    blocks = [
-        make_block(source, idx, dtype, device)
-        for idx in length_buckets(source.lengths, growth, source.d_model,
-                                  block_overhead(device))
-    ]
-    return PackedBatch(blocks)
+    """All texts of a source as a :class:`PackedBatch` (the fit's working copy).
+
+    Blocks hold at most ``TRAIN_BLOCK_ELEMENTS`` padded values, which bounds
+    the per-step temporaries (and, on a CPU, the float32 copies its half
+    precision matrix products make) whatever the longest bucket.
+    """
+    limit = TRAIN_BLOCK_ELEMENTS.get(torch.device(device).type, 1 << 24)
+    return PackedBatch([make_block(source, idx, dtype, device)
+                        for idx in _block_indices(source, growth, device, limit)])
 
 
 def iter_blocks(source, dtype, device, growth=DEFAULT_GROWTH,
@@ -172,12 +186,8 @@ def iter_blocks(source, dtype, device, growth=DEFAULT_GROWTH,
 
     Used at prediction time so memory stays bounded whatever the test set's size.
     """
-    d = source.d_model
-    for idx in length_buckets(source.lengths, growth, d, block_overhead(device)):
-        T = int(source.lengths[idx].max())
-        per_chunk = max(1, max_elements // (T * d))
-        for start in range(0, len(idx), per_chunk):
-            yield make_block(source, idx[start : start + per_chunk], dtype, device)
+    for idx in _block_indices(source, growth, device, max_elements):
+        yield make_block(source, idx, dtype, device)
 
 
 def inverse_order(order):
