@@ -41,7 +41,7 @@ def main(argv=None):
     t_ragged, s_ragged = timed_grid(R, y)
     result = {"n_texts": args.n_texts, "d_model": args.d_model,
               "data_mib": R.data.nbytes / 2**20, "list_s": t_list, "ragged_s": t_ragged,
-              "speedup": t_list / t_ragged, "same_best_score": s_list == s_ragged}
+              "speedup": t_list / t_ragged, "same_best_score": bool(s_list == s_ragged)}
     text = (f"12-fit GridSearchCV (n_jobs=2) of MeanProbeClassifier over {args.n_texts} "
             f"texts ({result['data_mib']:.0f} MiB float32): list of arrays "
             f"{t_list:.1f} s, RaggedArray {t_ragged:.1f} s ({result['speedup']:.1f}x); "
