@@ -44,6 +44,34 @@ def resolve_device(device):
     return dev
 
 
+def encode_labels(y):
+    """``(classes, y_encoded)``; a classifier needs at least two classes."""
+    encoder = LabelEncoder().fit(y)
+    classes = encoder.classes_
+    if len(classes) < 2:
+        raise ValueError(
+            f"y contains only 1 class ({str(classes[0])!r}); a classifier needs "
+            "samples of at least 2 classes"
+        )
+    return classes, encoder.transform(y)
+
+
+def module_logits(module, batches):
+    """Float64 logits of ``module`` over ``batches``, rows back in source order.
+
+    Returns the logits and, for error messages, the source position of each
+    row before reordering.
+    """
+    outs, order = [], []
+    module.eval()
+    with torch.no_grad(), flush_denormal():
+        for batch in batches:
+            outs.append(module(batch).double().cpu().numpy())
+            order.append(batch.order)
+    logits, order = np.concatenate(outs), np.concatenate(order)
+    return logits, order
+
+
 class BaseProbe(ClassifierMixin, BaseEstimator):
     """Base class of the probes; not for direct use."""
 
@@ -102,14 +130,7 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
     def _fit(self, X, y, sample_weight=None):
         source = validate_ragged(self, X, reset=True)
         y = validate_targets(y, len(source))
-        encoder = LabelEncoder().fit(y)
-        classes = encoder.classes_
-        if len(classes) < 2:
-            raise ValueError(
-                f"y contains only 1 class ({str(classes[0])!r}); a classifier needs "
-                "samples of at least 2 classes"
-            )
-        y_enc = encoder.transform(y)
+        classes, y_enc = encode_labels(y)
         reuse = (
             self.warm_start
             and hasattr(self, "module_")
@@ -164,21 +185,16 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         source = validate_ragged(self, X, reset=False)
         dtype, device = self._module_placement()
-        outs, order = [], []
-        self.module_.eval()
-        with torch.no_grad(), flush_denormal():
-            for batch in self._predict_batches(source, dtype, device):
-                outs.append(self.module_(batch).double().cpu().numpy())
-                order.append(batch.order)
-        logits = np.concatenate(outs)
+        logits, order = module_logits(self.module_,
+                                      self._predict_batches(source, dtype, device))
         if not np.isfinite(logits).all():
             bad = int(np.flatnonzero(~np.isfinite(logits).all(axis=1))[0])
             raise ValueError(
-                f"decision values overflowed for text {int(np.concatenate(order)[bad])}: "
+                f"decision values overflowed for text {int(order[bad])}: "
                 f"its activations are too large for {dtype}. Scale them (e.g. "
                 "ActivationScaler) or use compute_dtype='float64'."
             )
-        return logits[inverse_order(np.concatenate(order))]
+        return logits[inverse_order(order)]
 
     def decision_function(self, X):
         """Class scores: shape (n_texts,) for binary problems, else (n_texts, n_classes).

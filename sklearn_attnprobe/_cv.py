@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.model_selection import check_cv
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
@@ -31,9 +30,15 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from scipy.stats import rankdata
 
 from ._attention import AttentionProbeClassifier
-from ._base import BaseProbe, parameter_dtype, resolve_device
+from ._base import (
+    BaseProbe,
+    encode_labels,
+    module_logits,
+    parameter_dtype,
+    resolve_device,
+)
 from ._modules import StackedAttentionProbeModule
-from ._packing import PackedBatch, inverse_order, iter_blocks, pack
+from ._packing import inverse_order, pack
 from ._training import TrainingSet, fit_module, per_sample_log_loss
 from ._validation import validate_ragged, validate_targets
 
@@ -115,12 +120,7 @@ class _BaseProbeCV(ClassifierMixin, BaseEstimator):
         """
         source = validate_ragged(self, X, reset=True)
         y = validate_targets(y, len(source))
-        encoder = LabelEncoder().fit(y)
-        self.classes_ = encoder.classes_
-        if len(self.classes_) < 2:
-            raise ValueError(f"y contains only 1 class ({str(self.classes_[0])!r}); "
-                             "a classifier needs samples of at least 2 classes")
-        y_enc = encoder.transform(y)
+        self.classes_, y_enc = encode_labels(y)
         wds = np.asarray(self.weight_decays, dtype=np.float64).reshape(-1)
         if wds.size == 0 or not np.all(np.isfinite(wds)) or wds.min() < 0:
             raise ValueError("weight_decays must be a non-empty list of finite values >= 0")
@@ -369,13 +369,9 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
             max_iter=self.max_iter, batch_size=self.batch_size, weight_decay=decays,
             callbacks=self.callbacks, verbose=self.verbose)
         del batch, train_set
-        outs, order = [], []
-        module.eval()
-        with torch.no_grad():
-            for block in iter_blocks(source, dtype, device):
-                outs.append(module(PackedBatch([block])).double().cpu().numpy())
-                order.append(block.index)
-        logits = np.concatenate(outs)[inverse_order(np.concatenate(order))]
+        # the stand-alone probe's prediction batches, through the stacked module
+        logits, order = module_logits(module, helper._predict_batches(source, dtype, device))
+        logits = logits[inverse_order(order)]
         return logits.reshape(len(y_enc), n_splits, n_wds, n_outputs)
 
     def attention_weights(self, X):
