@@ -582,3 +582,68 @@ def test_package_imports_without_transformers():
         assert "transformers" not in sys.modules
         """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- token strings ---------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_token_strings_match_activation_rows(zoo, kind):
+    from sklearn_attnprobe.activations import token_strings
+
+    model, tok = zoo[kind]
+    texts = _texts(9, seed=6, lo=2, hi=14)
+    for drop in (False, True):
+        for max_length in (None, 5):
+            acts = extract_activations(model, tok, texts, max_length=max_length,
+                                       drop_first_token=drop)
+            strings = token_strings(tok, texts, max_length=max_length,
+                                    drop_first_token=drop)
+            assert [len(s) for s in strings] == acts.lengths.tolist()
+            assert all(isinstance(t, str) for s in strings for t in s)
+            ids = tok(texts, truncation=max_length is not None,
+                      max_length=max_length)["input_ids"]
+            assert strings == [tok.convert_ids_to_tokens(x)[int(drop):] for x in ids]
+            trans = TransformerActivations(model, tok, max_length=max_length,
+                                           drop_first_token=drop).fit_transform(texts)
+            assert_array_equal(trans.lengths, acts.lengths)
+    first = token_strings(tok, texts)[0][0]
+    assert first == {"bert": "[CLS]", "gpt2": texts[0].split()[0], "llama": "<s>"}[kind]
+    decoded = token_strings(tok, texts[:2], decode=True)
+    assert [len(s) for s in decoded] == [len(s) for s in token_strings(tok, texts[:2])]
+
+
+def test_token_strings_bad_input(zoo):
+    from sklearn_attnprobe.activations import token_strings
+
+    _, tok = zoo["llama"]
+    with pytest.raises(TypeError, match="single string"):
+        token_strings(tok, "the cat")
+    with pytest.raises(TypeError, match="tokenizer"):
+        token_strings(None, ["the cat"])
+    with pytest.raises(ValueError, match="max_length"):
+        token_strings(tok, ["the cat"], max_length=0)
+    _, plain = zoo["gpt2"]  # no special tokens: "dog" is one token
+    with pytest.raises(ValueError, match="text 1 .* needs at least 2"):
+        token_strings(plain, ["the cat", "dog"], drop_first_token=True)
+
+
+def test_max_activating_examples_from_raw_texts(zoo):
+    from sklearn_attnprobe.activations import token_strings
+    from sklearn_attnprobe.inspection import max_activating_examples
+
+    model, tok = zoo["bert"]
+    texts = _texts(30, seed=7, lo=2, hi=10)
+    y = np.array(["good" in t or "great" in t for t in texts])
+    y[:2] = [True, False]
+    pipe = Pipeline([
+        ("acts", TransformerActivations(model, tok, drop_first_token=True,
+                                        dtype="float32")),
+        ("scale", ActivationScaler()),
+        ("probe", AttentionProbeClassifier(max_iter=30, random_state=0)),
+    ]).fit(texts, y)
+    tokens = token_strings(tok, texts, drop_first_token=True)
+    found = max_activating_examples(pipe, texts, tokens, n_examples=4, context=2)
+    e = found.attention[0][0]
+    assert e.window_tokens[e.focus] == tokens[e.text][e.token]
+    assert "[CLS]" not in found.to_text()
+    with pytest.raises(ValueError, match="text 0 has"):
+        max_activating_examples(pipe, texts, token_strings(tok, texts))

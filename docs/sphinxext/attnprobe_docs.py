@@ -78,14 +78,7 @@ REQUIRED_CHECKS = {
 # "Class.method"); values are the numpydoc codes to skip, "ATTRS" for a
 # missing Attributes section.
 _PREDICT_GAP = {"PR01", "RT01"}
-KNOWN_GAPS = {
-    # activations/
-    "TransformerActivations": {"PR07", "SA01"},
-    "TransformerActivations.fit": {"PR01", "RT01"},
-    "extract_activations": {"PR07", "SA01"},
-    "clear_memory_cache": {"EX01", "SA01"},
-    "set_memory_cache_limit": {"EX01", "PR01", "RT01", "SA01"},
-}
+KNOWN_GAPS = {}
 
 
 def _public_names():

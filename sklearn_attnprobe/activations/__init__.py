@@ -13,9 +13,13 @@ loaded yourself, so ``import sklearn_attnprobe`` never needs the extra.
   ("scale", ActivationScaler()), ("probe", AttentionProbeClassifier())])``
   goes from raw texts to predictions and works inside ``GridSearchCV``
   without re-encoding the texts for every candidate.
+- :func:`token_strings`: the token strings of each text, one per row of its
+  activations (same tokenization as the extraction), for showing attention
+  weights or :mod:`sklearn_attnprobe.inspection` reports over words.
 """
 
 from ._extract import extract_activations
+from ._tokens import token_strings
 from ._transformer import (
     TransformerActivations,
     clear_memory_cache,
@@ -27,4 +31,5 @@ __all__ = [
     "clear_memory_cache",
     "extract_activations",
     "set_memory_cache_limit",
+    "token_strings",
 ]

@@ -59,6 +59,40 @@ def positive_int(value, name, allow_none=False):
     return int(value)
 
 
+def resolve_max_length(tokenizer, max_length):
+    """Truncation length: ``max_length``, else the tokenizer's finite
+    ``model_max_length``, else None (no truncation)."""
+    if max_length is None:
+        mml = getattr(tokenizer, "model_max_length", None)
+        return mml if isinstance(mml, int) and 0 < mml < 1_000_000 else None
+    return positive_int(max_length, "max_length")
+
+
+def tokenize_texts(tokenizer, texts, *, max_length, add_special_tokens, drop,
+                   first_index=0):
+    """Unpadded token ids and token type ids (or None) of each text.
+
+    The one tokenization of the package: extraction and
+    :func:`~sklearn_attnprobe.activations.token_strings` both go through it,
+    so token strings line up with activation rows. ``max_length`` is already
+    resolved (:func:`resolve_max_length`); ``drop`` is 1 when the first token
+    will be dropped, which needs every text to have at least 2 tokens.
+    """
+    enc = tokenizer(
+        list(texts), add_special_tokens=add_special_tokens,
+        truncation=max_length is not None, max_length=max_length,
+        padding=False, return_attention_mask=False)
+    ids = [list(x) for x in enc["input_ids"]]
+    for i, seq in enumerate(ids):
+        if len(seq) - drop < 1:
+            raise ValueError(
+                f"text {first_index + i} ({texts[i][:40]!r}) has {len(seq)} "
+                f"token(s) after tokenization; "
+                + ("drop_first_token=True needs at least 2" if drop
+                   else "every text needs at least 1"))
+    return ids, enc.get("token_type_ids")
+
+
 def _n_hidden_states(model):
     """Number of hidden states the model returns (layers + embeddings), or None."""
     cfg = getattr(model, "config", None)
@@ -204,12 +238,7 @@ class Encoder:
         self.layers, self.single = resolve_layers(model, layers)
         self.drop = 1 if drop_first_token else 0
         self.add_special_tokens = bool(add_special_tokens)
-        if max_length is None:
-            mml = getattr(tokenizer, "model_max_length", None)
-            max_length = mml if isinstance(mml, int) and 0 < mml < 1_000_000 else None
-        else:
-            max_length = positive_int(max_length, "max_length")
-        self.max_length = max_length
+        self.max_length = resolve_max_length(tokenizer, max_length)
         self.device = device
         cfg = getattr(model, "config", None)
         self.net = model
@@ -252,20 +281,10 @@ class Encoder:
     # -- tokenization ------------------------------------------------------------------
     def tokenize(self, texts, first_index=0):
         """Unpadded token ids (and token type ids, or None) of each text."""
-        enc = self.tokenizer(
-            list(texts), add_special_tokens=self.add_special_tokens,
-            truncation=self.max_length is not None, max_length=self.max_length,
-            padding=False, return_attention_mask=False)
-        ids = [list(x) for x in enc["input_ids"]]
-        tt = enc.get("token_type_ids") if self.use_token_types else None
-        for i, seq in enumerate(ids):
-            if len(seq) - self.drop < 1:
-                raise ValueError(
-                    f"text {first_index + i} ({texts[i][:40]!r}) has {len(seq)} "
-                    f"token(s) after tokenization; "
-                    + ("drop_first_token=True needs at least 2" if self.drop
-                       else "every text needs at least 1"))
-        return ids, tt
+        ids, tt = tokenize_texts(self.tokenizer, texts, max_length=self.max_length,
+                                 add_special_tokens=self.add_special_tokens,
+                                 drop=self.drop, first_index=first_index)
+        return ids, (tt if self.use_token_types else None)
 
     # -- the model -------------------------------------------------------------------------
     def prepare(self):

@@ -173,6 +173,9 @@ def extract_activations(model, tokenizer, texts, *, layers=-1, max_length=None,
         are always right-padded, so that every token keeps the position it has
         when its text runs alone.
     texts : sequence of str
+        The texts (a list, a 1-D array, a pandas Series...); every text must
+        have at least one token after tokenization (two with
+        ``drop_first_token=True``).
     layers : int or sequence of int, default=-1
         Indices into the model's ``hidden_states``: 0 is the embedding output,
         ``k`` the output of block ``k``; negative indices count from the end
@@ -214,16 +217,41 @@ def extract_activations(model, tokenizer, texts, *, layers=-1, max_length=None,
         One RaggedArray (``(n_texts, None, d_model)``) when ``layers`` is an
         int, else a list in the order of ``layers``.
 
+    See Also
+    --------
+    TransformerActivations : The same extraction as a scikit-learn transformer
+        with an in-memory cache, for pipelines and grid searches.
+    token_strings : The token strings that label each returned row.
+    sklearn_attnprobe.ActivationScaler : Standardise the activations before
+        a probe.
+
     Examples
     --------
-    >>> from transformers import AutoModel, AutoTokenizer  # doctest: +SKIP
+    A tiny word-level tokenizer and a random two-layer BERT, built offline
+    (with a real model, load both with ``from_pretrained``):
+
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    >>> from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
     >>> from sklearn_attnprobe.activations import extract_activations
-    >>> tok = AutoTokenizer.from_pretrained("path/to/model")  # doctest: +SKIP
-    >>> model = AutoModel.from_pretrained("path/to/model")  # doctest: +SKIP
-    >>> l3, last = extract_activations(model, tok, ["a text", "another one"],
-    ...                                layers=[3, -1])  # doctest: +SKIP
-    >>> l3.lengths, l3.dtype  # doctest: +SKIP
-    (array([4, 5]), dtype('float16'))
+    >>> words = "[PAD] [UNK] [CLS] [SEP] the cat sat on a mat".split()
+    >>> core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+    ...                                   unk_token="[UNK]"))
+    >>> core.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> core.post_processor = processors.TemplateProcessing(
+    ...     single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]",
+    ...                                     pad_token="[PAD]")
+    >>> model = BertModel(BertConfig(vocab_size=len(words), hidden_size=16,
+    ...                              num_hidden_layers=2, num_attention_heads=2,
+    ...                              intermediate_size=32))
+    >>> texts = ["the cat sat on the mat", "a cat"]
+    >>> acts = extract_activations(model, tokenizer, texts)
+    >>> acts.lengths, acts.d_model, acts.dtype  # [CLS] and [SEP] included
+    (array([8, 4]), 16, dtype('float16'))
+    >>> emb, last = extract_activations(model, tokenizer, texts, layers=[0, -1],
+    ...                                 drop_first_token=True, dtype="float32")
+    >>> last.lengths, last[0].shape
+    (array([7, 3]), (7, 16))
     """
     texts = check_texts(texts)
     encoder = Encoder(model, tokenizer, layers=layers, max_length=max_length,

@@ -72,12 +72,54 @@ _MEMORY = _MemoryCache(2 << 30)
 
 
 def clear_memory_cache():
-    """Empty the in-memory activation cache shared by TransformerActivations."""
+    """Empty the in-memory activation cache shared by TransformerActivations.
+
+    Every :class:`TransformerActivations` with ``memory_cache=True`` stores
+    the activations of the texts it encodes in one process-wide LRU cache (2
+    GiB by default), so that grid searches encode each text once. This frees
+    it; the next ``transform`` encodes its texts again.
+
+    See Also
+    --------
+    set_memory_cache_limit : Change the cache's size cap.
+    TransformerActivations : The transformer that fills the cache.
+
+    Examples
+    --------
+    >>> from sklearn_attnprobe.activations import clear_memory_cache
+    >>> clear_memory_cache()
+    """
     _MEMORY.clear()
 
 
 def set_memory_cache_limit(n_bytes):
-    """Cap the in-memory activation cache at ``n_bytes``; return the old cap."""
+    """Cap the in-memory activation cache of TransformerActivations.
+
+    Least recently used texts are evicted at once until the cache fits; a
+    transform whose own activations exceed the cap is not cached at all.
+
+    Parameters
+    ----------
+    n_bytes : int
+        New cap in bytes, ``>= 0`` (0 disables caching).
+
+    Returns
+    -------
+    old : int
+        The previous cap in bytes.
+
+    See Also
+    --------
+    clear_memory_cache : Empty the cache.
+    TransformerActivations : The transformer that fills the cache.
+
+    Examples
+    --------
+    >>> from sklearn_attnprobe.activations import set_memory_cache_limit
+    >>> old = set_memory_cache_limit(512 * 2**20)  # 512 MiB
+    >>> set_memory_cache_limit(old)  # back to the previous cap
+    536870912
+    """
     if int(n_bytes) < 0:
         raise ValueError("n_bytes must be >= 0")
     with _MEMORY._lock:
@@ -124,11 +166,15 @@ class TransformerActivations(TransformerMixin, BaseEstimator):
     drop_first_token : bool, default=False
         Drop each text's first (BOS / attention-sink) token.
     dtype : {"float16", "float32", "float64"}, default="float16"
+        Output dtype (the cast happens on the device).
     batch_size : int, default=32
+        Texts per forward pass at most.
     max_batch_tokens : int or None, default=16384
+        Padded tokens (texts x longest text) per forward pass at most.
     device : str, torch.device or None, default=None
         Move the model there (None: leave it where it is).
     add_special_tokens : bool, default=True
+        Passed to the tokenizer (BOS, CLS/SEP...).
     cache_dir : str, path-like or None, default=None
         On-disk cache folder (memory-mapped shards, resumable).
     memory_cache : bool, default=True
@@ -141,17 +187,45 @@ class TransformerActivations(TransformerMixin, BaseEstimator):
     layers_ : tuple of int
         ``layer`` as non-negative hidden-state indices (set by ``fit``).
 
+    See Also
+    --------
+    extract_activations : The extraction as a function, one RaggedArray per
+        layer.
+    token_strings : The token strings that label each output row.
+    clear_memory_cache : Empty the shared in-memory cache.
+    set_memory_cache_limit : Change its size cap.
+
     Examples
     --------
+    A tiny word-level tokenizer and a random two-layer BERT, built offline
+    (with a real model, load both with ``from_pretrained``), in a pipeline
+    from raw texts to an attention probe:
+
     >>> from sklearn.pipeline import Pipeline
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
     >>> from sklearn_attnprobe import ActivationScaler, AttentionProbeClassifier
     >>> from sklearn_attnprobe.activations import TransformerActivations
+    >>> words = "[PAD] [UNK] the cat dog sat ran on a mat".split()
+    >>> core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+    ...                                   unk_token="[UNK]"))
+    >>> core.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]",
+    ...                                     pad_token="[PAD]")
+    >>> model = BertModel(BertConfig(vocab_size=len(words), hidden_size=16,
+    ...                              num_hidden_layers=2, num_attention_heads=2,
+    ...                              intermediate_size=32))
+    >>> texts = ["the cat sat", "a dog ran", "the cat sat on a mat", "a dog"]
+    >>> acts = TransformerActivations(model, tokenizer, layer=[1, 2], dtype="float32")
+    >>> acts.fit_transform(texts).lengths, acts.layers_
+    (array([3, 3, 6, 2]), (1, 2))
     >>> pipe = Pipeline([
-    ...     ("acts", TransformerActivations(model, tokenizer, layer=6)),
+    ...     ("acts", TransformerActivations(model, tokenizer, layer=-1)),
     ...     ("scale", ActivationScaler()),
-    ...     ("probe", AttentionProbeClassifier(n_heads=8)),
-    ... ])  # doctest: +SKIP
-    >>> pipe.fit(train_texts, y_train).score(test_texts, y_test)  # doctest: +SKIP
+    ...     ("probe", AttentionProbeClassifier(max_iter=20, random_state=0)),
+    ... ])
+    >>> pipe.fit(texts, ["cat", "dog", "cat", "dog"]).predict(["a cat"]).shape
+    (1,)
     """
 
     def __init__(self, model, tokenizer, *, layer=-1, max_length=None,
@@ -195,7 +269,19 @@ class TransformerActivations(TransformerMixin, BaseEstimator):
             progress=self.progress)
 
     def fit(self, X, y=None):
-        """Validate the parameters and ``X``; encodes nothing. Returns self."""
+        """Validate the parameters and ``X``; encodes nothing.
+
+        Parameters
+        ----------
+        X : sequence of str or None
+            Texts, only checked to be strings.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : TransformerActivations
+        """
         if X is not None:
             check_texts(X)
         self.layers_ = self._encoder().layers

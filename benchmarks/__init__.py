@@ -1,0 +1,1 @@
+"""Benchmarks and the study (``python -m benchmarks.study``); not installed with the package."""

@@ -1,0 +1,1 @@
+"""Real labelled text tasks for the attention-probe study (built offline)."""

@@ -1,0 +1,147 @@
+"""The study's tables and the seed's figures, from its result rows.
+
+Figures (as in Shabalin & Belrose's post): test accuracy of method A against
+method B, one point per (task, layer), coloured by the task's number of
+classes, with the diagonal; and the mean attention-entropy ratio of the
+attention probes with 1 vs 2 and 2 vs 8 heads.
+"""
+
+import math
+from collections import defaultdict
+
+from .protocol import METHODS
+
+# (x, y) pairs the seed plots
+ACCURACY_PAIRS = (
+    ("last", "mean"), ("mean-adamw", "mean"), ("mean", "attn-8"),
+    ("mean-adamw", "attn-8"), ("mean", "attn-1"), ("mean-adamw", "attn-1"),
+    ("attn-1", "attn-2"), ("attn-2", "attn-8"), ("last", "attn-8"),
+)
+ENTROPY_PAIRS = (("attn-1", "attn-2"), ("attn-2", "attn-8"))
+
+
+def _by_key(rows, value):
+    """{(task, layer): {method: value}} and {(task, layer): n_classes}."""
+    table, classes = defaultdict(dict), {}
+    for r in rows:
+        key = (r["task"], int(r["layer"]))
+        table[key][r["method"]] = float(r[value])
+        classes[key] = int(r["n_classes"])
+    return table, classes
+
+
+def markdown_tables(rows, needle_tasks=()):
+    """Accuracy and entropy tables plus the head-to-head counts, as markdown."""
+    acc, classes = _by_key(rows, "test_accuracy")
+    ent, _ = _by_key(rows, "entropy_ratio")
+    methods = [m for m in METHODS if any(m in v for v in acc.values())]
+    head = "| task | classes | layer | " + " | ".join(methods) + " |"
+    lines = ["Test accuracy (80/20 split, weight decay by 5-fold CV):", "",
+             head, "|" + "---|" * (3 + len(methods))]
+    for key in sorted(acc):
+        best = max(acc[key].values())
+        cells = []
+        for m in methods:
+            v = acc[key].get(m)
+            cell = "" if v is None else f"{v:.3f}"
+            cells.append(f"**{cell}**" if v is not None and v == best else cell)
+        lines.append(f"| {key[0]} | {classes[key]} | {key[1]} | " + " | ".join(cells) + " |")
+    attn = [m for m in methods if m.startswith("attn-")]
+    if attn:
+        lines += ["", "Attention entropy / uniform entropy (mean over test texts and "
+                  "heads; 1 = uniform, 0 = one token):", "",
+                  "| task | layer | " + " | ".join(attn) + " |", "|" + "---|" * (2 + len(attn))]
+        for key in sorted(ent):
+            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
+                f"{ent[key][m]:.3f}" if m in ent[key] else "" for m in attn) + " |")
+    lines += ["", *head_to_head(acc, needle_tasks)]
+    return "\n".join(lines)
+
+
+def _wins(acc, a, b, keys):
+    keys = [k for k in keys if a in acc[k] and b in acc[k]]
+    win = sum(acc[k][a] > acc[k][b] for k in keys)
+    tie = sum(acc[k][a] == acc[k][b] for k in keys)
+    return win, tie, len(keys)
+
+
+def head_to_head(acc, needle_tasks=()):
+    """The seed's two questions, counted over (task, layer) pairs."""
+    keys = sorted(acc)
+    out = []
+    w, t, n = _wins(acc, "attn-8", "mean", keys)
+    if n:
+        out.append(f"- attn-8 beats mean (L-BFGS) on {w} of {n} (task, layer) pairs "
+                   f"({t} ties).")
+    w, t, n = _wins(acc, "attn-8", "mean-adamw", keys)
+    if n:
+        out.append(f"- attn-8 beats mean (AdamW) on {w} of {n} ({t} ties).")
+    needle = [k for k in keys if k[0] in set(needle_tasks)]
+    w, t, n = _wins(acc, "last", "mean", needle)
+    if n:
+        out.append(f"- last-token beats mean on {w} of {n} needle-task pairs ({t} ties).")
+    other = [k for k in keys if k[0] not in set(needle_tasks)]
+    w, t, n = _wins(acc, "mean", "last", other)
+    if n:
+        out.append(f"- mean beats last-token on {w} of {n} other pairs ({t} ties).")
+    return out
+
+
+def _scatter_grid(pairs, table, classes, label, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [(a, b) for a, b in pairs if any(a in v and b in v for v in table.values())]
+    if not pairs:
+        return None
+    ncols = min(3, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.9 * nrows),
+                             squeeze=False)
+    values = sorted(set(classes.values()))
+    cmap = plt.get_cmap("viridis", max(len(values), 2))
+    colour = {c: cmap(i) for i, c in enumerate(values)}
+    for ax, (a, b) in zip(axes.flat, pairs):
+        keys = [k for k in sorted(table) if a in table[k] and b in table[k]]
+        xs = [table[k][a] for k in keys]
+        ys = [table[k][b] for k in keys]
+        lo = min(xs + ys)
+        lo = max(0.0, lo - 0.05 * (1.0 - lo + 1e-9))
+        ax.plot([lo, 1], [lo, 1], color="0.6", lw=1, ls="--", zorder=0)
+        ax.scatter(xs, ys, c=[colour[classes[k]] for k in keys], s=40,
+                   edgecolors="k", linewidths=0.4)
+        for k, x, y in zip(keys, xs, ys):
+            ax.annotate(f"{k[0]}@{k[1]}", (x, y), fontsize=6, alpha=0.7,
+                        xytext=(3, -3), textcoords="offset points")
+        ax.set_xlim(lo, 1.0 + 0.01)
+        ax.set_ylim(lo, 1.0 + 0.01)
+        ax.set_xlabel(f"{a} {label}")
+        ax.set_ylabel(f"{b} {label}")
+        ax.set_aspect("equal")
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colour[c], markeredgecolor="k",
+                          label=f"{c} classes") for c in values]
+    fig.legend(handles=handles, loc="upper right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.92, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_figures(rows, out_dir):
+    """Write accuracy_pairs.png and entropy_pairs.png; the paths written."""
+    acc, classes = _by_key(rows, "test_accuracy")
+    ent, _ = _by_key(rows, "entropy_ratio")
+    written = [
+        _scatter_grid(ACCURACY_PAIRS, acc, classes, "test accuracy",
+                      out_dir / "accuracy_pairs.png",
+                      "Test accuracy, method vs method (one point per task@layer)"),
+        _scatter_grid(ENTROPY_PAIRS, ent, classes, "entropy ratio",
+                      out_dir / "entropy_pairs.png",
+                      "Attention entropy / uniform entropy, test texts"),
+    ]
+    return [p for p in written if p is not None]

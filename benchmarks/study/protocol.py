@@ -1,0 +1,145 @@
+"""The seed's protocol for one (task, layer, method) configuration.
+
+Shabalin & Belrose, "Attention Probes", training procedure: 80/20 train/test
+split; 5-fold cross-validation on the training part over weight decay in
+{0, 1e-3, 1e-2, 1e-1}; refit with the best one on the whole training part;
+accuracy on the test part. Attention probes train with AdamW for 500 steps
+(query at zero, values random), mean and last-token probes with L-BFGS for up
+to 2000 iterations; the seed also trains a mean probe with AdamW.
+
+A configuration is a small picklable object naming a memory-mapped activation
+file, so a joblib worker (loky, or a dask.distributed worker on the same file
+system) receives a few hundred bytes and maps the data itself.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1e-1)
+METHODS = ("mean", "mean-adamw", "last", "attn-1", "attn-2", "attn-8")
+# rough relative cost, to hand the longest jobs out first
+_COST = {"attn-8": 6, "attn-2": 4, "attn-1": 3, "mean-adamw": 2, "mean": 1, "last": 1}
+
+
+@dataclass(frozen=True, eq=False)
+class Config:
+    """One job: fit ``method`` on ``data_path`` (a RaggedArray .npz)."""
+
+    task: str
+    n_classes: int
+    layer: int
+    method: str
+    data_path: str
+    y: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    seed: int = 0
+    max_iter: int = 500
+    tokens_path: str | None = None   # JSON token strings, for the reports
+    report_dir: str | None = None
+
+    @property
+    def cost(self):
+        return _COST[self.method] * len(self.y)
+
+
+def make_search(method, *, seed=0, max_iter=500, cv=5):
+    """The cross-validated estimator for ``method`` (fit it on the train part)."""
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_attnprobe import (
+        AttentionProbeClassifierCV,
+        LastTokenProbeClassifierCV,
+        MeanProbeClassifier,
+        MeanProbeClassifierCV,
+    )
+
+    if method == "mean":
+        return MeanProbeClassifierCV(weight_decays=WEIGHT_DECAYS, cv=cv)
+    if method == "last":
+        return LastTokenProbeClassifierCV(weight_decays=WEIGHT_DECAYS, cv=cv)
+    if method == "mean-adamw":
+        # the batched pooled CV classes are L-BFGS only; the pooled features
+        # are small, so scikit-learn's own grid search costs little here
+        probe = MeanProbeClassifier(solver="adamw", max_iter=max_iter,
+                                    random_state=seed)
+        return GridSearchCV(probe, {"weight_decay": list(WEIGHT_DECAYS)}, cv=cv)
+    if method.startswith("attn-"):
+        return AttentionProbeClassifierCV(
+            n_heads=int(method.split("-")[1]), weight_decays=WEIGHT_DECAYS, cv=cv,
+            max_iter=max_iter, random_state=seed)
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def _write_reports(probe, X_test, config):
+    """Maximum-activating examples of an attention probe on the test texts."""
+    import json
+
+    from sklearn_attnprobe.inspection import max_activating_examples
+
+    with open(config.tokens_path) as fh:
+        tokens = json.load(fh)
+    tokens_test = [tokens[i] for i in config.test]
+    report = max_activating_examples(probe, X_test, tokens_test, n_examples=8)
+    stem = Path(config.report_dir) / f"{config.task}_L{config.layer}_{config.method}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".txt").write_text(report.to_text())
+    report.save_html(stem.with_suffix(".html"))
+
+
+def run_config(config):
+    """Fit one configuration; a dict of its results (one CSV row)."""
+    import torch
+
+    from sklearn_attnprobe import RaggedArray
+
+    # one thread per worker: the jobs themselves are the parallelism
+    torch.set_num_threads(1)
+    X = RaggedArray.load(config.data_path, mmap_mode="r")
+    X_train, X_test = X[config.train], X[config.test]
+    y_train, y_test = config.y[config.train], config.y[config.test]
+    search = make_search(config.method, seed=config.seed, max_iter=config.max_iter)
+    start = time.perf_counter()
+    search.fit(X_train, y_train)
+    seconds = time.perf_counter() - start
+    best = search.best_estimator_
+    row = {
+        "task": config.task,
+        "n_classes": config.n_classes,
+        "layer": config.layer,
+        "method": config.method,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "best_weight_decay": float(search.best_params_["weight_decay"]),
+        "cv_accuracy": float(search.best_score_),
+        "test_accuracy": float(best.score(X_test, y_test)),
+        "entropy_ratio": float("nan"),
+        "fit_seconds": seconds,
+    }
+    if hasattr(best, "attention_entropy"):
+        # the seed's statistic: per text and head, entropy of the attention
+        # over its entropy if uniform, averaged over the test texts and heads
+        row["entropy_ratio"] = float(best.attention_entropy(X_test).ratio.mean())
+        if config.tokens_path and config.report_dir:
+            _write_reports(best, X_test, config)
+    return row
+
+
+def run_configs(configs, n_jobs=2):
+    """Run ``configs`` with joblib under whatever backend is active.
+
+    The caller picks the backend (``joblib.parallel_config(backend="dask")``
+    inside a ``dask.distributed.Client`` runs the same jobs on a cluster);
+    results come back in the order of ``configs``.
+    """
+    from joblib import Parallel, delayed
+
+    order = sorted(range(len(configs)), key=lambda i: -configs[i].cost)
+    rows = Parallel(n_jobs=n_jobs)(delayed(run_config)(configs[i]) for i in order)
+    out = [None] * len(configs)
+    for i, row in zip(order, rows):
+        out[i] = row
+    return out

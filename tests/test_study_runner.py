@@ -1,0 +1,132 @@
+"""The study runner (benchmarks/study): protocol, parallel backends, outputs.
+
+The real study runs SmolLM2 for minutes; here the protocol runs on planted
+activations, and the whole command end to end on a tiny random model.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from sklearn_attnprobe import RaggedArray
+from sklearn_attnprobe.datasets import make_planted_task
+
+study = pytest.importorskip("benchmarks.study.protocol",
+                            reason="run the tests from the repository root")
+from benchmarks.study.figures import head_to_head, markdown_tables  # noqa: E402
+from benchmarks.study.protocol import Config, run_config, run_configs  # noqa: E402
+
+METHODS = ("mean", "last", "attn-1", "mean-adamw")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    X, y = make_planted_task("needle", n_texts=120, d_model=8, random_state=0,
+                             return_ragged=True)
+    path = tmp_path_factory.mktemp("acts") / "needle.npz"
+    X.save(path)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(y))
+    train, test = np.sort(idx[:96]), np.sort(idx[96:])
+    configs = [Config(task="needle", n_classes=2, layer=0, method=m, data_path=str(path),
+                      y=np.asarray(y), train=train, test=test, max_iter=40)
+               for m in METHODS]
+    return X, y, configs
+
+
+def _key(row):
+    return (row["method"], row["best_weight_decay"], round(row["cv_accuracy"], 12),
+            round(row["test_accuracy"], 12))
+
+
+def test_run_config_row(planted):
+    X, y, configs = planted
+    row = run_config(configs[2])
+    assert row["method"] == "attn-1" and row["n_train"] == 96 and row["n_test"] == 24
+    assert row["best_weight_decay"] in (0.0, 1e-3, 1e-2, 1e-1)
+    assert 0.0 <= row["test_accuracy"] <= 1.0
+    # attention probes report the seed's entropy statistic, pooled ones do not
+    assert 0.0 < row["entropy_ratio"] <= 1.0
+    assert np.isnan(run_config(configs[0])["entropy_ratio"])
+
+
+def test_run_configs_keeps_order_and_matches_serial(planted):
+    _, _, configs = planted
+    parallel = run_configs(configs, n_jobs=2)
+    assert [r["method"] for r in parallel] == list(METHODS)
+    serial = [run_config(c) for c in configs]
+    assert [_key(r) for r in parallel] == [_key(r) for r in serial]
+
+
+def test_dask_local_cluster_gives_the_same_results(planted):
+    """The same jobs on a real dask.distributed LocalCluster (2 processes)."""
+    distributed = pytest.importorskip("distributed")
+    from joblib import parallel_config
+
+    _, _, configs = planted
+    expected = [_key(r) for r in run_configs(configs, n_jobs=1)]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, parallel_config(backend="dask"):
+        rows = run_configs(configs, n_jobs=-1)
+        # the jobs did run on the cluster's workers
+        assert len(client.scheduler_info()["workers"]) == 2
+    assert [_key(r) for r in rows] == expected
+
+
+def _rows(values, n_classes=2):
+    return [{"task": t, "layer": layer, "n_classes": n_classes, "method": m,
+             "test_accuracy": v, "entropy_ratio": 0.5}
+            for (t, layer, m), v in values.items()]
+
+
+def test_head_to_head_counts():
+    rows = _rows({("a", 1, "mean"): 0.8, ("a", 1, "attn-8"): 0.9, ("a", 1, "last"): 0.7,
+                  ("n", 1, "mean"): 0.6, ("n", 1, "attn-8"): 0.6, ("n", 1, "last"): 0.9})
+    acc = {}
+    for r in rows:
+        acc.setdefault((r["task"], r["layer"]), {})[r["method"]] = r["test_accuracy"]
+    lines = head_to_head(acc, needle_tasks=["n"])
+    assert "attn-8 beats mean (L-BFGS) on 1 of 2 (task, layer) pairs (1 ties)." in lines[0]
+    assert any("last-token beats mean on 1 of 1 needle-task pairs" in s for s in lines)
+    assert any("mean beats last-token on 1 of 1 other pairs" in s for s in lines)
+    table = markdown_tables(rows, needle_tasks=["n"])
+    assert "| a | 2 | 1 |" in table and "**0.900**" in table
+
+
+def test_command_end_to_end_on_a_tiny_model(tmp_path):
+    """``python -m benchmarks.study`` with every output, on a tiny random model."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("matplotlib")
+    from benchmarks.study import tasks
+    from benchmarks.study.run import main
+
+    name = "natural_language"
+    try:
+        tasks.build_task(name, n_per_class=2)
+    except ValueError as exc:  # its source package is missing
+        pytest.skip(str(exc))
+    argv = ["--model", "tiny-random", "--tasks", name, "--n-per-class", "10",
+            "--max-iter", "15", "--n-jobs", "2", "--out", str(tmp_path)]
+    rows = main(argv)
+    n_layers, n_methods = 2, 6
+    assert len(rows) == n_layers * n_methods
+    with open(tmp_path / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(rows)
+    md = (tmp_path / "results.md").read_text()
+    assert "Test accuracy" in md and "attn-8" in md and "tiny random" in md
+    for fig in ("accuracy_pairs.png", "entropy_pairs.png"):
+        assert (tmp_path / fig).read_bytes()[:4] == b"\x89PNG"
+    reports = sorted(p.name for p in (tmp_path / "reports").iterdir())
+    assert f"{name}_L1_attn-8.html" in reports and f"{name}_L3_attn-1.txt" in reports
+    manifest = json.loads((tmp_path / "datasets.json").read_text())
+    assert manifest[0]["name"] == name
+    # a second run reuses the activation files of the first
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("layer*.npz")}
+    main(argv + ["--methods", "mean"])
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("layer*.npz")}
+    assert before == after and len(before) == n_layers
+    X = RaggedArray.load(next(iter(before)), mmap_mode="r")
+    assert X.d_model == 32 and len(X) == len(tasks.build_task(name, n_per_class=10).y)

