@@ -18,22 +18,18 @@ contributions for a (small) set of texts.
 """
 
 import numbers
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.pipeline import Pipeline
-from sklearn.utils.validation import check_is_fitted
 
-from ._attention import AttentionProbeClassifier
-from ._cv import AttentionProbeClassifierCV
-from ._inspection_html import render_html, render_text
-from ._kernels import attention_logits, masked_softmax
-from ._packing import iter_blocks
-from ._ragged import RaggedArray
-from ._training import flush_denormal
-from ._validation import validate_ragged
+from ._inspection_results import MaxActivatingExamples, TokenExample
+from ._inspection_scan import (
+    RunningTop,
+    class_signs,
+    iter_block_stats,
+    iter_sources,
+    resolve_probe,
+)
 
 __all__ = [
     "MaxActivatingExamples",
@@ -42,347 +38,7 @@ __all__ = [
     "token_contributions",
 ]
 
-# Padded float64 values per block of the scan (the block itself; the
-# per-token values and contributions are sized from it, see _max_elements).
-_SCAN_ELEMENTS = 1 << 22
-# Texts transformed at a time through the steps before the probe of a
-# Pipeline, so a scan never holds the whole transformed dataset.
-_PIPELINE_CHUNK = 2048
 _RANK_BY = ("weight", "score")
-
-
-# -- resolving the probe and iterating over the data ------------------------------
-def _resolve_probe(probe):
-    """``(steps before the probe or None, fitted AttentionProbeClassifier)``."""
-    final, pre = probe, None
-    if isinstance(probe, Pipeline):
-        final = probe.steps[-1][1]
-        if len(probe.steps) > 1:
-            pre = probe[:-1]
-    if isinstance(final, AttentionProbeClassifierCV):
-        check_is_fitted(final)
-        final = final._best()
-    elif isinstance(final, AttentionProbeClassifier):
-        check_is_fitted(final)
-    else:
-        raise TypeError(
-            "probe must be a fitted AttentionProbeClassifier (or "
-            "AttentionProbeClassifierCV), or a Pipeline ending with one; got "
-            f"{type(final).__name__}"
-            + (" as the Pipeline's last step" if final is not probe else "")
-        )
-    return pre, final
-
-
-def _take(X, idx):
-    """Texts ``idx`` of any input form (list, array, RaggedArray, pandas)."""
-    if isinstance(X, (RaggedArray, np.ndarray)):
-        return X[idx]
-    if hasattr(X, "iloc"):
-        return X.iloc[idx]
-    return [X[i] for i in idx]
-
-
-def _iter_sources(est, pre, X, index=None):
-    """Yield ``(global text indices, validated text source)`` pieces of ``X``.
-
-    Without preprocessing steps the whole input is one source (its blocks
-    bound the memory); with them, texts go through ``pre.transform`` in
-    chunks of ``_PIPELINE_CHUNK``.
-    """
-    if pre is None:
-        source = validate_ragged(est, X, reset=False)
-        if index is None:
-            yield np.arange(len(source)), source
-        else:
-            yield index, source[index]
-        return
-    if index is None:
-        index = np.arange(len(X))
-    for start in range(0, len(index), _PIPELINE_CHUNK):
-        idx = index[start : start + _PIPELINE_CHUNK]
-        yield idx, validate_ragged(est, pre.transform(_take(X, idx)), reset=False)
-
-
-def _max_elements(module):
-    """Block size such that the block's per-token tensors stay ~_SCAN_ELEMENTS."""
-    H, d, C = module.value.shape
-    per_token = d + H * (C + 3)
-    return max(d, _SCAN_ELEMENTS * d // per_token)
-
-
-def _block_stats(module, block):
-    """float64 ``(k, H, T)`` scores and weights, ``(k, H, T, C)`` contributions.
-
-    The scores and the softmax go through the probe's own kernels
-    (:func:`attention_logits`, :func:`masked_softmax`), in float64.
-    """
-    x = block.x  # already float64
-    query = module.query.detach().to(x.dtype)
-    if module.position is None:
-        slope = positions = None
-    else:
-        slope = module.slope.detach().to(x.dtype)
-        positions = block.positions(module.position, x.dtype)
-    scores = attention_logits(x, block.lengths, query, slope, module.position,
-                              positions=positions)
-    weights = masked_softmax(scores, block.mask, block.padding())
-    k, T, d = x.shape
-    value = module.value.detach().to(x.dtype)  # (H, d, C)
-    H, _, C = value.shape
-    per_token = (x.reshape(k * T, d) @ value.permute(1, 0, 2).reshape(d, H * C))
-    per_token = per_token.view(k, T, H, C).permute(0, 2, 1, 3)  # (k, H, T, C)
-    return scores, weights, weights[..., None] * per_token
-
-
-def _iter_blocks(est, source):
-    """Yield ``(block, scores, weights, contributions)`` over a source."""
-    module = est.module_
-    device = est._module_placement()[1]
-    module.eval()
-    with torch.no_grad(), flush_denormal():
-        for block in iter_blocks(source, torch.float64, device,
-                                 max_elements=_max_elements(module)):
-            yield (block, *_block_stats(module, block))
-
-
-def _class_signs(n_outputs, n_classes):
-    """Per ranked contribution list: (output column, sign) giving class c's logit.
-
-    Binary probes have one output, the log-odds ``z`` of ``classes_[1]``;
-    the log-odds of ``classes_[0]`` is ``-z``, so its contributions are the
-    negated ones.
-    """
-    if n_outputs == 1:
-        return [(0, -1.0), (0, 1.0)]
-    return [(c, 1.0) for c in range(n_classes)]
-
-
-# -- running top-k -------------------------------------------------------------
-class _RunningTop:
-    """The ``n`` largest values of each of ``L`` ranked lists seen so far."""
-
-    def __init__(self, n_lists, n, per_text):
-        self.n, self.per_text = n, per_text
-        self.values = torch.empty(n_lists, 0, dtype=torch.float64)
-        self.texts = torch.empty(n_lists, 0, dtype=torch.int64)
-        self.tokens = torch.empty(n_lists, 0, dtype=torch.int64)
-
-    def update(self, rank, texts):
-        """``rank`` (k, L, T), -inf where excluded; ``texts`` (k,) global ids."""
-        k, L, T = rank.shape
-        m = min(T, self.n if self.per_text is None else min(self.per_text, self.n))
-        v, tok = torch.topk(rank, m, dim=2)  # best m tokens of each text
-        v = v.permute(1, 0, 2).reshape(L, k * m).cpu()
-        tok = tok.permute(1, 0, 2).reshape(L, k * m).cpu()
-        txt = torch.as_tensor(np.repeat(texts, m))[None, :].expand(L, k * m)
-        values = torch.cat([self.values, v], dim=1)
-        keep = min(self.n, values.shape[1])
-        self.values, pos = torch.topk(values, keep, dim=1)
-        self.texts = torch.cat([self.texts, txt], dim=1).gather(1, pos)
-        self.tokens = torch.cat([self.tokens, tok], dim=1).gather(1, pos)
-
-    def entries(self, row):
-        """Finite ``(value, text, token)`` triples of list ``row``, best first."""
-        out = []
-        for v, i, t in zip(self.values[row].tolist(), self.texts[row].tolist(),
-                           self.tokens[row].tolist()):
-            if np.isfinite(v):
-                out.append((v, i, t))
-        return out
-
-
-# -- public objects --------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class TokenExample:
-    """One ranked token of :class:`MaxActivatingExamples`, with its context.
-
-    Parameters
-    ----------
-    head : int
-        Attention head.
-    text : int
-        Index of the text in the ``X`` that was scanned.
-    token : int
-        Index of the token in that text (row of its activations).
-    value : float
-        What the list is ranked by: the attention weight or score for the
-        attention lists, the contribution to the list's class for the
-        contribution lists.
-    weight : float
-        Attention weight ``a_ht`` of the token (its text's weights sum to 1).
-    score : float
-        Attention score ``s_ht`` (logit before the softmax, position bias
-        included).
-    contribution : float or ndarray of shape (n_classes,)
-        What the token adds to :meth:`decision_function` through this head:
-        a float (the log-odds of ``classes_[1]``) for binary probes, one value
-        per class otherwise.
-    start : int
-        Index in the text of the window's first token.
-    n_tokens : int
-        Length of the text.
-    window_tokens : tuple of str
-        Token strings ``tokens[text][start : start + len(window_tokens)]``.
-    window_values : ndarray of shape (len(window_tokens),)
-        The value shown on each window token: attention weights for the
-        attention lists, contributions to the list's class for the
-        contribution lists.
-
-    See Also
-    --------
-    MaxActivatingExamples : Holds the ranked lists of these.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_attnprobe.inspection import TokenExample
-    >>> ex = TokenExample(head=0, text=3, token=2, value=0.9, weight=0.9,
-    ...                   score=4.0, contribution=1.5, start=0, n_tokens=5,
-    ...                   window_tokens=("a", "b", "c", "d"),
-    ...                   window_values=np.array([0.02, 0.03, 0.9, 0.05]))
-    >>> ex.focus, ex.window_tokens[ex.focus]
-    (2, 'c')
-    """
-
-    head: int
-    text: int
-    token: int
-    value: float
-    weight: float
-    score: float
-    contribution: object
-    start: int
-    n_tokens: int
-    window_tokens: tuple
-    window_values: np.ndarray
-
-    @property
-    def focus(self):
-        """Position of the ranked token inside the window."""
-        return self.token - self.start
-
-
-class MaxActivatingExamples:
-    """Per head, the tokens with the highest attention and contributions.
-
-    Built by :func:`max_activating_examples`; not meant to be created
-    directly.
-
-    Parameters
-    ----------
-    attention : list of list of TokenExample
-        Per head, the tokens ranked by attention, best first.
-    contributions : list of dict
-        Per head, a dict mapping each class label (of ``classes``) to its
-        tokens ranked by contribution to that class, best first.
-    classes : ndarray of shape (n_classes,)
-        The probe's ``classes_``.
-    class_names : list of str
-        Display name of each class.
-    n_texts : int
-        Number of texts scanned.
-    context : int
-        Tokens of context on each side of a ranked token.
-    rank_by : {"weight", "score"}
-        What the attention lists are ranked by.
-    intercept : ndarray of shape (n_outputs,)
-        The probe's intercept (``module_.bias``); one output for binary
-        probes.
-
-    Attributes
-    ----------
-    n_heads : int
-        Number of attention heads.
-
-    See Also
-    --------
-    max_activating_examples : Builds this object.
-    TokenExample : One entry of the ranked lists.
-
-    Examples
-    --------
-    >>> from sklearn_attnprobe import AttentionProbeClassifier
-    >>> from sklearn_attnprobe.datasets import make_planted_task
-    >>> from sklearn_attnprobe.inspection import max_activating_examples
-    >>> X, y = make_planted_task("needle", n_texts=100, random_state=0)
-    >>> probe = AttentionProbeClassifier(max_iter=100, random_state=0).fit(X, y)
-    >>> found = max_activating_examples(probe, X, n_examples=3, context=2)
-    >>> found.n_heads, len(found.attention[0]), sorted(found.contributions[0])
-    (1, 3, [0, 1])
-    >>> html = found.to_html()
-    >>> html.startswith("<!DOCTYPE html>"), "<script" in html
-    (True, False)
-    """
-
-    def __init__(self, attention, contributions, *, classes, class_names, n_texts,
-                 context, rank_by, intercept):
-        self.attention = attention
-        self.contributions = contributions
-        self.classes = classes
-        self.class_names = class_names
-        self.n_texts = n_texts
-        self.context = context
-        self.rank_by = rank_by
-        self.intercept = intercept
-
-    @property
-    def n_heads(self):
-        """Number of attention heads of the probe."""
-        return len(self.attention)
-
-    def __repr__(self):
-        n = max((len(a) for a in self.attention), default=0)
-        return (f"MaxActivatingExamples(n_heads={self.n_heads}, "
-                f"n_classes={len(self.classes)}, n_examples={n}, "
-                f"n_texts={self.n_texts}, context={self.context})")
-
-    def to_text(self):
-        """Plain-text report: per head, the ranked lists with their context.
-
-        The ranked token is shown as ``[[token]]``; ``...`` marks a window
-        cut short of its text's start or end.
-
-        Returns
-        -------
-        report : str
-        """
-        return render_text(self)
-
-    def to_html(self):
-        """The report as one self-contained HTML page.
-
-        Inline CSS only (no scripts, fonts or other external resources).
-        Every window token is shaded by its value relative to the largest
-        in the window (orange: attention; blue: contribution towards the
-        list's class, red: against it), with the exact value as a tooltip;
-        the ranked token is outlined. Token strings are HTML-escaped.
-
-        Returns
-        -------
-        page : str
-        """
-        return render_html(self, full_page=True)
-
-    def _repr_html_(self):  # Jupyter
-        return render_html(self, full_page=False)
-
-    def save_html(self, path):
-        """Write :meth:`to_html` to a file (UTF-8).
-
-        Parameters
-        ----------
-        path : str or path-like
-            Destination file; overwritten if it exists.
-
-        Returns
-        -------
-        path : pathlib.Path
-            The file written.
-        """
-        path = Path(path)
-        path.write_text(self.to_html(), encoding="utf-8")
-        return path
 
 
 # -- validation helpers ------------------------------------------------------------
@@ -514,7 +170,7 @@ def max_activating_examples(probe, X, tokens=None, *, n_examples=10, context=10,
     >>> print(found.to_text().splitlines()[0])
     Maximum activating examples: 1 head(s), 100 texts, 2 classes, context 1
     """
-    pre, est = _resolve_probe(probe)
+    pre, est = resolve_probe(probe)
     n_examples = _check_int(n_examples, "n_examples", 1)
     context = _check_int(context, "context", 0)
     max_per_text = _check_int(max_per_text, "max_per_text", 1, allow_none=True)
@@ -530,14 +186,14 @@ def max_activating_examples(probe, X, tokens=None, *, n_examples=10, context=10,
                              f"probe has {len(classes)} classes")
     module = est.module_
     H, _, n_outputs = module.value.shape
-    signs = _class_signs(n_outputs, len(classes))
+    signs = class_signs(n_outputs, len(classes))
     n_lists = H * (1 + len(signs))
-    top = _RunningTop(n_lists, n_examples, max_per_text)
+    top = RunningTop(n_lists, n_examples, max_per_text)
 
     n_texts = _n_texts(pre, X)
     tokens_checked = False
     seen = 0
-    for index, source in _iter_sources(est, pre, X):
+    for index, source in iter_sources(est, pre, X):
         if not tokens_checked:
             if n_texts is None:
                 n_texts = len(source)
@@ -545,7 +201,7 @@ def max_activating_examples(probe, X, tokens=None, *, n_examples=10, context=10,
             tokens_checked = True
         _check_token_lengths(tokens, index, source.lengths)
         seen += len(source)
-        for block, scores, weights, contrib in _iter_blocks(est, source):
+        for block, scores, weights, contrib in iter_block_stats(est, source):
             pad = block.padding()[:, None, :]
             att = weights if rank_by == "weight" else scores
             ranked = [att] + [sign * contrib[..., col] for col, sign in signs]
@@ -558,8 +214,8 @@ def max_activating_examples(probe, X, tokens=None, *, n_examples=10, context=10,
     needed = np.unique([i for r in rows for _, i, _ in r]).astype(np.int64)
     per_text = {}
     if len(needed):
-        for index, source in _iter_sources(est, pre, X, needed):
-            for block, scores, weights, contrib in _iter_blocks(est, source):
+        for index, source in iter_sources(est, pre, X, needed):
+            for block, scores, weights, contrib in iter_block_stats(est, source):
                 for j, i in enumerate(index[block.index].tolist()):
                     T = int(block.lengths[j])
                     per_text[i] = (scores[j, :, :T].cpu().numpy(),
@@ -649,12 +305,12 @@ def token_contributions(probe, X):
     >>> np.allclose(total, probe.decision_function(X[:3]), atol=1e-4)
     True
     """
-    pre, est = _resolve_probe(probe)
+    pre, est = resolve_probe(probe)
     out, n = {}, 0
     binary = est.module_.value.shape[2] == 1
-    for index, source in _iter_sources(est, pre, X):
+    for index, source in iter_sources(est, pre, X):
         n += len(source)
-        for block, _, _, contrib in _iter_blocks(est, source):
+        for block, _, _, contrib in iter_block_stats(est, source):
             c = contrib.cpu().numpy()
             for j, i in enumerate(index[block.index].tolist()):
                 T = int(block.lengths[j])

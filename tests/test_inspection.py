@@ -14,7 +14,7 @@ from sklearn_attnprobe import (
     MeanProbeClassifier,
     RaggedArray,
 )
-from sklearn_attnprobe import inspection
+from sklearn_attnprobe import _inspection_scan
 from sklearn_attnprobe.datasets import make_planted_task
 from sklearn_attnprobe.inspection import (
     MaxActivatingExamples,
@@ -109,7 +109,7 @@ def test_contributions_sum_to_decision_function(fixture, request):
 @pytest.mark.parametrize("fixture", ["binary", "multiclass"])
 def test_lists_match_brute_force(fixture, request, monkeypatch):
     """Running top-k over many small blocks == sorting every token at once."""
-    monkeypatch.setattr(inspection, "_SCAN_ELEMENTS", 2000)  # ~ a text per block
+    monkeypatch.setattr(_inspection_scan, "_SCAN_ELEMENTS", 2000)  # ~ a text per block
     X, y, probe = request.getfixturevalue(fixture)
     n = 7
     found = max_activating_examples(probe, X, n_examples=n, max_per_text=None,
@@ -180,7 +180,7 @@ def test_ragged_list_and_pipeline_agree(binary, monkeypatch):
                          AttentionProbeClassifier(max_iter=100, random_state=0)).fit(X, y)
     scaled = pipe[0].transform(RaggedArray.from_list(X))
     direct = max_activating_examples(pipe[-1], scaled, n_examples=5)
-    monkeypatch.setattr(inspection, "_PIPELINE_CHUNK", 37)  # several chunks
+    monkeypatch.setattr(_inspection_scan, "_PIPELINE_CHUNK", 37)  # several chunks
     through = max_activating_examples(pipe, X, _tokens(X), n_examples=5)
     for a, b in [(direct.attention[0], through.attention[0]),
                  (direct.contributions[0][0], through.contributions[0][0])]:

@@ -31,6 +31,11 @@ from .protocol import METHODS, Config, run_configs
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
+# texts per class in the study (default run): sized so that the whole study,
+# 2 layers x 6 methods x 5 tasks, runs in about half an hour on 2 CPU cores
+STUDY_PER_CLASS = {"bbc_topic": 80, "natural_language": 50, "code_language": 40,
+                   "python_tests": 150, "needle_language": 150}
+QUICK_PER_CLASS = 100
 
 
 def parse_args(argv=None):
@@ -45,7 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--layers", nargs="+", type=int, default=None,
                    help="hidden-state indices (default: about 1/3 and 2/3 of the depth)")
     p.add_argument("--n-per-class", type=int, default=None,
-                   help="texts per class (default: each task's own size)")
+                   help=f"texts per class (default: {QUICK_PER_CLASS} with --quick, "
+                   "else per task: " + ", ".join(f"{k} {v}" for k, v in STUDY_PER_CLASS.items())
+                   + ")")
     p.add_argument("--max-length", type=int, default=128,
                    help="truncate texts to this many tokens")
     p.add_argument("--max-iter", type=int, default=500,
@@ -127,7 +134,7 @@ def prepare_activations(args, built):
                 scaler = ActivationScaler().fit(X[train])
                 scaler.transform(X).save(paths[layer])
             tokens = token_strings(tokenizer, list(task.texts), max_length=args.max_length,
-                                   drop_first_token=True)
+                                   drop_first_token=True, decode=True)
             tokens_path.write_text(json.dumps(tokens))
         prepared[task.name] = (paths, train, test, tokens_path)
     return prepared, description
@@ -175,7 +182,8 @@ def main(argv=None):
     built = []
     for name in args.tasks:
         start = time.perf_counter()
-        built.append(task_lib.build_task(name, n_per_class=args.n_per_class, seed=args.seed))
+        n = args.n_per_class or (QUICK_PER_CLASS if args.quick else STUDY_PER_CLASS.get(name))
+        built.append(task_lib.build_task(name, n_per_class=n, seed=args.seed))
         t = built[-1]
         _log(f"task {name}: {len(t.texts)} texts, {t.n_classes} classes, sha256 "
              f"{t.sha256[:16]}... ({time.perf_counter() - start:.1f} s)")
