@@ -62,8 +62,19 @@ def _lists(ex, head):
 
 
 # -- plain text ------------------------------------------------------------------
+# decoded tokens may hold newlines or tabs: shown escaped, a report line
+# stays one line and the token boundaries stay visible
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32)}
+_CONTROL.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+
+
+def visible(token):
+    """``token`` with control characters escaped (``"\\n"`` for a newline)."""
+    return str(token).translate(_CONTROL)
+
+
 def _text_window(e):
-    parts = [f"[[{tok}]]" if j == e.focus else tok
+    parts = [f"[[{visible(tok)}]]" if j == e.focus else visible(tok)
              for j, tok in enumerate(e.window_tokens)]
     line = " ".join(parts)
     if e.start > 0:
@@ -120,7 +131,7 @@ def _html_window(e, kind):
         title = f"token {e.start + j}: {label} {v:.4g}"
         spans.append(f'<span class="{cls}" style="background-color: '
                      f'{_shade(v, scale, kind)}" title="{_esc(title)}">'
-                     f"{_esc(tok)}</span>")
+                     f"{_esc(visible(tok))}</span>")
     body = " ".join(spans)
     if e.start > 0:
         body = '<span class="mae-more">&hellip;</span> ' + body

@@ -236,6 +236,17 @@ def test_tokens_are_html_escaped():
     assert '[[<script>"&]]' in found.to_text()
 
 
+def test_control_characters_are_shown_escaped():
+    """Decoded tokens with newlines keep each report entry on one line."""
+    X, y = make_planted_task("needle", n_texts=40, random_state=1)
+    probe = AttentionProbeClassifier(max_iter=50, random_state=0).fit(X, y)
+    tokens = [["a\nb\t" for _ in x] for x in X]
+    found = max_activating_examples(probe, X, tokens, n_examples=2, context=1)
+    text = found.to_text()
+    assert "[[a\\nb\\t]]" in text and "a\nb" not in text
+    assert "a\\nb\\t" in found.to_html()
+
+
 def test_bad_input(binary):
     X, y, probe = binary
     with pytest.raises(NotFittedError):
