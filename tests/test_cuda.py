@@ -76,3 +76,35 @@ def test_half_precision_compute_on_cuda():
                                        random_state=0).fit(X, y)
         assert est.module_.query.dtype == torch.float32
         assert est.score(X, y) > 0.8
+
+
+def test_inspection_of_a_cuda_probe_matches_cpu():
+    from sklearn_attnprobe.inspection import max_activating_examples, token_contributions
+
+    X, y = make_planted_task("needle", n_texts=120, d_model=16, n_classes=3,
+                             dtype=np.float64, random_state=0, return_ragged=True)
+    cpu = MAKERS["attention"]("cpu").fit(X, y)
+    gpu = MAKERS["attention"]("cuda").fit(X, y)
+    for a, b in zip(token_contributions(gpu, X[:10]), token_contributions(cpu, X[:10])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    found_gpu = max_activating_examples(gpu, X, n_examples=5)
+    found_cpu = max_activating_examples(cpu, X, n_examples=5)
+    for h in range(4):
+        assert ([(e.text, e.token) for e in found_gpu.attention[h]]
+                == [(e.text, e.token) for e in found_cpu.attention[h]])
+
+
+def test_study_protocol_on_cuda(tmp_path):
+    protocol = pytest.importorskip("benchmarks.study.protocol")
+    X, y = make_planted_task("needle", n_texts=120, d_model=8, random_state=0,
+                             return_ragged=True)
+    X.save(tmp_path / "x.npz")
+    idx = np.random.default_rng(0).permutation(len(y))
+    for method in ("mean", "attn-2"):
+        row = protocol.run_config(protocol.Config(
+            task="needle", n_classes=2, layer=0, method=method,
+            data_path=str(tmp_path / "x.npz"), y=np.asarray(y),
+            train=np.sort(idx[:96]), test=np.sort(idx[96:]), max_iter=60,
+            device="cuda"))
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["method"] == method

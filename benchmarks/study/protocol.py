@@ -40,13 +40,14 @@ class Config:
     max_iter: int = 500
     tokens_path: str | None = None   # JSON token strings, for the reports
     report_dir: str | None = None
+    device: str = "cpu"              # "cuda" / "auto": the probes train there
 
     @property
     def cost(self):
         return _COST[self.method] * len(self.y)
 
 
-def make_search(method, *, seed=0, max_iter=500, cv=5):
+def make_search(method, *, seed=0, max_iter=500, cv=5, device="cpu"):
     """The cross-validated estimator for ``method`` (fit it on the train part)."""
     from sklearn.model_selection import GridSearchCV
 
@@ -58,19 +59,20 @@ def make_search(method, *, seed=0, max_iter=500, cv=5):
     )
 
     if method == "mean":
-        return MeanProbeClassifierCV(weight_decays=WEIGHT_DECAYS, cv=cv)
+        return MeanProbeClassifierCV(weight_decays=WEIGHT_DECAYS, cv=cv, device=device)
     if method == "last":
-        return LastTokenProbeClassifierCV(weight_decays=WEIGHT_DECAYS, cv=cv)
+        return LastTokenProbeClassifierCV(weight_decays=WEIGHT_DECAYS, cv=cv,
+                                          device=device)
     if method == "mean-adamw":
         # the batched pooled CV classes are L-BFGS only; the pooled features
         # are small, so scikit-learn's own grid search costs little here
         probe = MeanProbeClassifier(solver="adamw", max_iter=max_iter,
-                                    random_state=seed)
+                                    random_state=seed, device=device)
         return GridSearchCV(probe, {"weight_decay": list(WEIGHT_DECAYS)}, cv=cv)
     if method.startswith("attn-"):
         return AttentionProbeClassifierCV(
             n_heads=int(method.split("-")[1]), weight_decays=WEIGHT_DECAYS, cv=cv,
-            max_iter=max_iter, random_state=seed)
+            max_iter=max_iter, random_state=seed, device=device)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
@@ -101,7 +103,8 @@ def run_config(config):
     X = RaggedArray.load(config.data_path, mmap_mode="r")
     X_train, X_test = X[config.train], X[config.test]
     y_train, y_test = config.y[config.train], config.y[config.test]
-    search = make_search(config.method, seed=config.seed, max_iter=config.max_iter)
+    search = make_search(config.method, seed=config.seed, max_iter=config.max_iter,
+                         device=config.device)
     start = time.perf_counter()
     search.fit(X_train, y_train)
     seconds = time.perf_counter() - start

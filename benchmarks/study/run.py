@@ -63,6 +63,9 @@ def parse_args(argv=None):
                    "--scheduler names one")
     p.add_argument("--scheduler", default=None,
                    help="address of a running dask scheduler (with --backend dask)")
+    p.add_argument("--device", default="cpu",
+                   help="where the probes train: cpu, cuda, auto (the language "
+                   "model runs on cuda too when it is not cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default benchmarks/results/study[_quick])")
@@ -123,7 +126,7 @@ def prepare_activations(args, built):
             acts = extract_activations(
                 model, tokenizer, list(task.texts), layers=list(args.layers),
                 max_length=args.max_length, drop_first_token=True, dtype="float16",
-                cache_dir=folder / "shards")
+                cache_dir=folder / "shards", device=_model_device(args.device))
             n_tokens = int(acts[0].lengths.sum())
             seconds = time.perf_counter() - start
             _log(f"{task.name}: {len(task.texts)} texts, {n_tokens} tokens, "
@@ -138,6 +141,14 @@ def prepare_activations(args, built):
             tokens_path.write_text(json.dumps(tokens))
         prepared[task.name] = (paths, train, test, tokens_path)
     return prepared, description
+
+
+def _model_device(device):
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _parallel(args, configs):
@@ -201,7 +212,8 @@ def main(argv=None):
                     task=task.name, n_classes=task.n_classes, layer=layer, method=method,
                     data_path=str(paths[layer]), y=np.asarray(task.y), train=train,
                     test=test, seed=args.seed, max_iter=args.max_iter,
-                    tokens_path=str(tokens_path), report_dir=str(args.out / "reports")))
+                    tokens_path=str(tokens_path), report_dir=str(args.out / "reports"),
+                    device=args.device))
     _log(f"{len(configs)} configurations, 5-fold CV over 4 weight decays each, "
          f"{args.backend} backend, n_jobs={args.n_jobs}")
     start = time.perf_counter()
