@@ -115,6 +115,12 @@ def test_command_end_to_end_on_a_tiny_model(tmp_path):
     assert len(rows) == n_layers * n_methods
     with open(tmp_path / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
+    with open(tmp_path / "accuracy.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [int(r["layer"]) for r in table] == [1, 3]
+    assert float(table[0]["attn-8"]) == pytest.approx(next(
+        r["test_accuracy"] for r in rows if r["layer"] == 1 and r["method"] == "attn-8"),
+        abs=5e-4)
     md = (tmp_path / "results.md").read_text()
     assert "Test accuracy" in md and "attn-8" in md and "tiny random" in md
     for fig in ("accuracy_pairs.png", "entropy_pairs.png"):

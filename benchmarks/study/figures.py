@@ -58,6 +58,22 @@ def markdown_tables(rows, needle_tasks=()):
     return "\n".join(lines)
 
 
+def write_accuracy_table(rows, path):
+    """One row per (task, layer), one column per method: test accuracy (CSV)."""
+    import csv
+
+    acc, classes = _by_key(rows, "test_accuracy")
+    methods = [m for m in METHODS if any(m in v for v in acc.values())]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["task", "classes", "layer", *methods])
+        for key in sorted(acc):
+            writer.writerow([key[0], classes[key], key[1],
+                             *(f"{acc[key][m]:.3f}" if m in acc[key] else ""
+                               for m in methods)])
+    return path
+
+
 def _wins(acc, a, b, keys):
     keys = [k for k in keys if a in acc[k] and b in acc[k]]
     win = sum(acc[k][a] > acc[k][b] for k in keys)

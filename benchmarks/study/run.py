@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tasks as task_lib
-from .figures import markdown_tables, plot_figures
+from .figures import markdown_tables, plot_figures, write_accuracy_table
 from .models import DEFAULT_LAYERS, MODELS, load_model
 from .protocol import METHODS, Config, run_configs
 
@@ -227,6 +227,7 @@ def main(argv=None):
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    write_accuracy_table(rows, args.out / "accuracy.csv")
     needle = [t.name for t in built if t.kind == "needle"]
     tables = markdown_tables(rows, needle_tasks=needle)
     info = {
