@@ -73,15 +73,19 @@ def visible(token):
     return str(token).translate(_CONTROL)
 
 
+def _mark_cut(e, body, more):
+    """``body`` with ``more`` on each side where the window cuts the text."""
+    if e.start > 0:
+        body = f"{more} {body}"
+    if e.start + len(e.window_tokens) < e.n_tokens:
+        body = f"{body} {more}"
+    return body
+
+
 def _text_window(e):
     parts = [f"[[{visible(tok)}]]" if j == e.focus else visible(tok)
              for j, tok in enumerate(e.window_tokens)]
-    line = " ".join(parts)
-    if e.start > 0:
-        line = "... " + line
-    if e.start + len(e.window_tokens) < e.n_tokens:
-        line += " ..."
-    return line
+    return _mark_cut(e, " ".join(parts), "...")
 
 
 def _text_numbers(e, kind):
@@ -132,12 +136,7 @@ def _html_window(e, kind):
         spans.append(f'<span class="{cls}" style="background-color: '
                      f'{_shade(v, scale, kind)}" title="{_esc(title)}">'
                      f"{_esc(visible(tok))}</span>")
-    body = " ".join(spans)
-    if e.start > 0:
-        body = '<span class="mae-more">&hellip;</span> ' + body
-    if e.start + len(e.window_tokens) < e.n_tokens:
-        body += ' <span class="mae-more">&hellip;</span>'
-    return body
+    return _mark_cut(e, " ".join(spans), '<span class="mae-more">&hellip;</span>')
 
 
 def _html_table(entries, kind):
