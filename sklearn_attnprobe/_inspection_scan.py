@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._attention import AttentionProbeClassifier
 from ._cv import AttentionProbeClassifierCV
-from ._kernels import attention_logits, masked_softmax
+from ._kernels import masked_softmax
 from ._packing import iter_blocks
 from ._ragged import RaggedArray
 from ._training import flush_denormal
@@ -91,18 +91,12 @@ def _max_elements(module):
 def _block_stats(module, block):
     """float64 ``(k, H, T)`` scores and weights, ``(k, H, T, C)`` contributions.
 
-    The scores and the softmax go through the probe's own kernels
-    (:func:`attention_logits`, :func:`masked_softmax`), in float64.
+    The scores come from the probe module itself
+    (``AttentionProbeModule.attention_scores``), the softmax from its kernel
+    (:func:`masked_softmax`), in float64.
     """
     x = block.x  # already float64
-    query = module.query.detach().to(x.dtype)
-    if module.position is None:
-        slope = positions = None
-    else:
-        slope = module.slope.detach().to(x.dtype)
-        positions = block.positions(module.position, x.dtype)
-    scores = attention_logits(x, block.lengths, query, slope, module.position,
-                              positions=positions)
+    scores = module.attention_scores(block)
     weights = masked_softmax(scores, block.mask, block.padding())
     k, T, d = x.shape
     value = module.value.detach().to(x.dtype)  # (H, d, C)

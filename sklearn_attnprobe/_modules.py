@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from ._kernels import attention_pool, last_token_pool, mean_pool
+from ._kernels import attention_logits, attention_pool, last_token_pool, mean_pool
 
 POSITIONS = ("last", "first", None)
 
@@ -59,17 +59,26 @@ class AttentionProbeModule(nn.Module):
         """``weight_decay / 2 * (||Q||^2 + ||V||^2)``; intercept and slopes are free."""
         return 0.5 * weight_decay * ((self.query**2).sum() + (self.value**2).sum())
 
+    def _kernel_args(self, block):
+        """Query, slope and positions in the block's dtype (half-precision
+        compute, float64 inspection: the parameters are cast, not the data)."""
+        dtype = block.x.dtype
+        if self.position is None:
+            return self.query.to(dtype), None, None
+        return (self.query.to(dtype), self.slope.to(dtype),
+                block.positions(self.position, dtype))
+
+    def attention_scores(self, block):
+        """``(k, H, T)`` attention logits (position bias included) of one block."""
+        query, slope, positions = self._kernel_args(block)
+        return attention_logits(block.x, block.lengths, query, slope, self.position,
+                                positions=positions)
+
     def pool_block(self, block):
         """``(k, H, d)`` pooled states and ``(k, H, T)`` weights of one block."""
-        dtype = block.x.dtype  # half-precision compute: cast the parameters
-        if self.position is None:
-            slope = positions = None
-        else:
-            slope = self.slope.to(dtype)
-            positions = block.positions(self.position, dtype)
-        return attention_pool(block.x, block.mask, block.lengths, self.query.to(dtype),
-                              slope, self.position, positions=positions,
-                              padding=block.padding())
+        query, slope, positions = self._kernel_args(block)
+        return attention_pool(block.x, block.mask, block.lengths, query, slope,
+                              self.position, positions=positions, padding=block.padding())
 
     def forward(self, batch):
         outs = []
@@ -109,6 +118,7 @@ class StackedAttentionProbeModule(nn.Module):
     def d_model(self):
         return self.query.shape[0]
 
+    _kernel_args = AttentionProbeModule._kernel_args
     pool_block = AttentionProbeModule.pool_block
 
     def penalty(self, weight_decay):
