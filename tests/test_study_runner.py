@@ -132,6 +132,8 @@ def test_command_end_to_end_on_a_tiny_model(tmp_path):
     # a second run reuses the activation files of the first
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("layer*.npz")}
     main(argv + ["--methods", "mean"])
+    # the cached run still names the model that made the activations
+    assert "tiny random" in (tmp_path / "results.md").read_text()
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("layer*.npz")}
     assert before == after and len(before) == n_layers
     X = RaggedArray.load(next(iter(before)), mmap_mode="r")

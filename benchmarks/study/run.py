@@ -109,9 +109,8 @@ def prepare_activations(args, built):
 
     todo = {t.name for t in built
             if not all(p.exists() for p in _data_paths(args, t)[1].values())}
-    model = tokenizer = None
-    description = None
-    if todo or args.model == "tiny-random":
+    model = tokenizer = description = None
+    if todo:
         texts = [s for t in built for s in t.texts]
         start = time.perf_counter()
         model, tokenizer, description = load_model(args.model, args.layers, texts)
@@ -121,7 +120,11 @@ def prepare_activations(args, built):
         folder, paths = _data_paths(args, task)
         train, test = _split(task.y, args.seed)
         tokens_path = folder / "tokens.json"
-        if task.name in todo:
+        model_path = folder / "model.txt"  # what made the cached activations
+        if task.name not in todo:
+            if description is None and model_path.exists():
+                description = model_path.read_text()
+        else:
             start = time.perf_counter()
             acts = extract_activations(
                 model, tokenizer, list(task.texts), layers=list(args.layers),
@@ -131,14 +134,16 @@ def prepare_activations(args, built):
             seconds = time.perf_counter() - start
             _log(f"{task.name}: {len(task.texts)} texts, {n_tokens} tokens, "
                  f"{seconds:.0f} s ({n_tokens / max(seconds, 1e-9):.0f} tokens/s)")
+            tokens = token_strings(tokenizer, list(task.texts), max_length=args.max_length,
+                                   drop_first_token=True, decode=True)
+            tokens_path.write_text(json.dumps(tokens))
+            model_path.write_text(description)
+            # the layer files last: their presence marks the task as done
             for layer, X in zip(args.layers, acts):
                 # the scaler sees the training texts only; the CV folds inside
                 # share it, as a Pipeline fitted before the search would
                 scaler = ActivationScaler().fit(X[train])
                 scaler.transform(X).save(paths[layer])
-            tokens = token_strings(tokenizer, list(task.texts), max_length=args.max_length,
-                                   drop_first_token=True, decode=True)
-            tokens_path.write_text(json.dumps(tokens))
         prepared[task.name] = (paths, train, test, tokens_path)
     return prepared, description
 
