@@ -1,6 +1,6 @@
 """The attention probe estimator."""
 
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -42,10 +42,30 @@ class AttentionProbeClassifier(BaseProbe):
         objective and means the same as in :class:`MeanProbeClassifier`
         (``C = 1 / (weight_decay * n_samples)`` in
         :class:`~sklearn.linear_model.LogisticRegression` terms).
+    solver : {"adamw", "lbfgs"}, default="adamw"
+        AdamW (minibatches possible), or full-batch L-BFGS with a strong Wolfe
+        line search (as the pooled probes and the reference implementation
+        train).
     learning_rate : float, default=1e-2
-        AdamW step size.
+        AdamW step size (unused by L-BFGS).
     max_iter : int, default=500
-        Number of AdamW steps (full batch when ``batch_size`` is None).
+        Most AdamW steps, or L-BFGS iterations.
+    tol : float, default=1e-4
+        AdamW: an epoch whose objective (or, with ``early_stopping``,
+        validation log-loss) is not below the best so far minus ``tol``
+        counts as no improvement. L-BFGS: stop when the largest gradient
+        entry is below ``tol``.
+    n_iter_no_change : int or None, default=10
+        AdamW stops after more than this many epochs in a row without
+        improvement (scikit-learn's ``MLPClassifier`` rule). None runs all
+        ``max_iter`` steps: ``n_iter_no_change=None`` with the other
+        defaults is the seed's 500 AdamW steps.
+    early_stopping : bool, default=False
+        AdamW: hold out ``validation_fraction`` of the training texts
+        (stratified), stop on their log-loss instead of the training
+        objective, and keep the parameters of the best validation epoch.
+    validation_fraction : float, default=0.1
+        Share of the training texts held out when ``early_stopping``.
     batch_size : int or None, default=None
         Texts per step; None trains on all texts at every step.
     class_weight : dict, "balanced" or None, default=None
@@ -69,7 +89,9 @@ class AttentionProbeClassifier(BaseProbe):
         stopping on ``train_loss``, LR schedules, checkpoints). One skorch
         epoch is one pass over the training texts.
     verbose : int, default=0
-        skorch's per-epoch log when positive.
+        0 silent; 1 a progress bar for fits longer than two seconds and one
+        closing line; 2 also the objective about ten times per fit (with
+        ``callbacks``, skorch's per-epoch log).
 
     Attributes
     ----------
@@ -81,10 +103,19 @@ class AttentionProbeClassifier(BaseProbe):
         Only when fitted on a 2-D DataFrame.
     module_ : AttentionProbeModule
         Fitted torch module (``query``, ``slope``, ``value``, ``bias``).
-    net_ : skorch.NeuralNet
-        The skorch net that trained it (``net_.history`` holds the losses).
     n_iter_ : int
-        Optimizer steps taken.
+        Optimizer steps (AdamW) or iterations (L-BFGS) taken.
+    loss_curve_ : list of float
+        The objective after each AdamW epoch (one step when full batch), or
+        at each L-BFGS evaluation.
+    validation_scores_ : list of float
+        With ``early_stopping``: accuracy on the held-out texts after each
+        epoch.
+    best_validation_score_ : float
+        With ``early_stopping``: held-out accuracy of the kept parameters.
+    net_ : skorch.NeuralNet
+        Only when ``callbacks`` were given: the skorch net that ran them
+        (``net_.history`` holds the losses).
 
     See Also
     --------
@@ -116,17 +147,28 @@ class AttentionProbeClassifier(BaseProbe):
         **BaseProbe._parameter_constraints,
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "position": [StrOptions({"last", "first"}), None],
+        "solver": [StrOptions({"adamw", "lbfgs"})],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
     }
 
     def __init__(self, n_heads=1, *, position="last", weight_decay=0.0,
-                 learning_rate=1e-2, max_iter=500, batch_size=None,
-                 class_weight=None, device="cpu", compute_dtype="auto",
-                 warm_start=False, random_state=None, callbacks=None, verbose=0):
+                 solver="adamw", learning_rate=1e-2, max_iter=500, tol=1e-4,
+                 n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
+                 batch_size=None, class_weight=None, device="cpu",
+                 compute_dtype="auto", warm_start=False, random_state=None,
+                 callbacks=None, verbose=0):
         self.n_heads = n_heads
         self.position = position
         self.weight_decay = weight_decay
+        self.solver = solver
         self.learning_rate = learning_rate
         self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.batch_size = batch_size
         self.class_weight = class_weight
         self.device = device
@@ -159,6 +201,10 @@ class AttentionProbeClassifier(BaseProbe):
         return AttentionProbeModule(d_model, self.n_heads, n_outputs,
                                     position=self.position, generator=generator,
                                     dtype=dtype)
+
+    def _stopping(self):
+        fraction = self.validation_fraction if self.early_stopping else None
+        return self.n_iter_no_change, fraction
 
     def _module_compatible(self, module):
         return module.n_heads == self.n_heads and module.position == self.position

@@ -13,7 +13,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._packing import inverse_order
-from ._training import TrainingSet, fit_module, flush_denormal, n_iterations
+from ._training import TrainingSet, fit_module, flush_denormal
 from ._validation import validate_ragged, validate_targets
 
 _COMPUTE_DTYPES = {
@@ -72,6 +72,17 @@ def module_logits(module, batches):
     return logits, order
 
 
+def _validation_split(train_set, y_enc, fraction, seed):
+    """Stratified hold-out of ``fraction`` of the training texts (packed rows)."""
+    from sklearn.model_selection import train_test_split
+
+    y_packed = train_set.y.cpu().numpy()
+    rows = np.arange(len(y_packed))
+    fit_rows, val_rows = train_test_split(rows, test_size=fraction, random_state=seed,
+                                          stratify=y_packed)
+    return train_set.split(fit_rows), train_set.split(val_rows)
+
+
 class BaseProbe(ClassifierMixin, BaseEstimator):
     """Base class of the probes; not for direct use."""
 
@@ -79,6 +90,7 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "device": [str, torch.device],
@@ -100,7 +112,11 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
     def _solver(self):
-        return "adamw"
+        return self.solver
+
+    def _stopping(self):
+        """``(n_iter_no_change, validation_fraction)`` of this estimator."""
+        return None, None
 
     def _module_compatible(self, module):
         return True
@@ -153,20 +169,37 @@ class BaseProbe(ClassifierMixin, BaseEstimator):
             module = module.to(device)
         batch = self._training_batch(source, dtype, device)
         train_set = TrainingSet(batch, y_enc, w, device=device, dtype=pdtype, seed=seed)
-        self.net_ = fit_module(
+        n_iter_no_change, validation_fraction = self._stopping()
+        validation_set = None
+        if validation_fraction is not None and self._solver() == "adamw":
+            train_set, validation_set = _validation_split(
+                train_set, y_enc, validation_fraction, seed)
+        result = fit_module(
             module, train_set,
             solver=self._solver(),
             learning_rate=self.learning_rate,
             max_iter=self.max_iter,
             batch_size=self.batch_size,
             weight_decay=self.weight_decay,
-            tol=getattr(self, "tol", None),
+            tol=self.tol,
+            n_iter_no_change=n_iter_no_change,
+            validation_set=validation_set,
             callbacks=self.callbacks,
             verbose=self.verbose,
+            desc=type(self).__name__,
         )
-        self.module_ = self.net_.module_
+        del batch, train_set, validation_set
+        self.module_ = module
         self.compute_dtype_ = dtype
-        self.n_iter_ = n_iterations(self.net_)
+        self.n_iter_ = int(result.n_iter[0])
+        self.loss_curve_ = result.loss_curve
+        if validation_fraction is not None and self._solver() == "adamw":
+            self.validation_scores_ = result.validation_scores
+            self.best_validation_score_ = result.best_validation_score
+        if result.net is not None:
+            self.net_ = result.net
+        elif hasattr(self, "net_"):
+            del self.net_  # a previous fit's, now stale
         if not all(bool(torch.isfinite(p).all()) for p in self.module_.parameters()):
             raise ValueError(
                 "training diverged: the probe's parameters became NaN or infinite. "

@@ -44,7 +44,7 @@ from ._validation import validate_ragged, validate_targets
 
 _SHARED = {
     k: v for k, v in BaseProbe._parameter_constraints.items()
-    if k not in ("weight_decay", "warm_start")
+    if k not in ("weight_decay", "warm_start", "tol")
 }
 
 
@@ -142,7 +142,9 @@ class _BaseProbeCV(ClassifierMixin, BaseEstimator):
         if self.refit:
             est = self._estimator_class(**self._estimator_params(),
                                         weight_decay=self.best_params_["weight_decay"])
+            start = time.perf_counter()
             self.best_estimator_ = est.fit(X, y, sample_weight=sample_weight)
+            self.refit_time_ = time.perf_counter() - start
         return self
 
     def _set_cv_results(self, wds, scores, fit_time):
@@ -260,10 +262,19 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         Refit the best weight decay on all texts as ``best_estimator_``.
     position : {"last", "first"} or None, default="last"
         As in :class:`AttentionProbeClassifier`.
+    solver : {"adamw", "lbfgs"}, default="adamw"
+        As in :class:`AttentionProbeClassifier`. With AdamW each model stops
+        on its own and leaves the stacked step; L-BFGS minimises the sum of
+        the models' objectives and stops when all have converged.
     learning_rate : float, default=1e-2
         AdamW step size, shared by all models.
     max_iter : int, default=500
-        AdamW steps of the batched pass (and of the refit).
+        Most AdamW steps (L-BFGS iterations) of the batched pass and of the
+        refit.
+    tol : float, default=1e-4
+        As in :class:`AttentionProbeClassifier`.
+    n_iter_no_change : int or None, default=10
+        As in :class:`AttentionProbeClassifier`, per model.
     batch_size : int or None, default=None
         Texts per step; one minibatch serves all models.
     class_weight : dict, "balanced" or None, default=None
@@ -278,7 +289,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     callbacks : list of skorch callbacks or None, default=None
         Applied to the batched pass and to the refit.
     verbose : int, default=0
-        skorch's per-epoch log when positive.
+        As in :class:`AttentionProbeClassifier`.
 
     Attributes
     ----------
@@ -295,8 +306,13 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     n_splits_ : int
     fit_time_ : float
         Seconds spent in the batched cross-validation pass.
+    refit_time_ : float
+        Seconds spent refitting the best weight decay (None without refit).
+    n_iter_ : ndarray of shape (n_splits, n_weight_decays)
+        AdamW steps (L-BFGS iterations) each model took before it stopped.
     net_ : skorch.NeuralNet
-        The net that trained the stacked models.
+        Only when ``callbacks`` were given: the net that trained the stacked
+        models.
 
     See Also
     --------
@@ -323,12 +339,13 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     _parameter_constraints = {
         **_BaseProbeCV._parameter_constraints,
         **{k: AttentionProbeClassifier._parameter_constraints[k]
-           for k in ("n_heads", "position")},
+           for k in ("n_heads", "position", "solver", "tol", "n_iter_no_change")},
     }
 
     def __init__(self, n_heads=1, *, weight_decays=(0.0, 1e-3, 1e-2, 1e-1), cv=5,
-                 scoring=None, refit=True, position="last", learning_rate=1e-2,
-                 max_iter=500, batch_size=None, class_weight=None, device="cpu",
+                 scoring=None, refit=True, position="last", solver="adamw",
+                 learning_rate=1e-2, max_iter=500, tol=1e-4, n_iter_no_change=10,
+                 batch_size=None, class_weight=None, device="cpu",
                  compute_dtype="auto", random_state=None, callbacks=None, verbose=0):
         self.n_heads = n_heads
         self.weight_decays = weight_decays
@@ -336,8 +353,11 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         self.scoring = scoring
         self.refit = refit
         self.position = position
+        self.solver = solver
         self.learning_rate = learning_rate
         self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
         self.batch_size = batch_size
         self.class_weight = class_weight
         self.device = device
@@ -364,10 +384,17 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         train_set = TrainingSet(batch, y_enc, weights, device=device, dtype=pdtype,
                                 seed=seed)
         decays = torch.as_tensor(np.tile(wds, n_splits), dtype=pdtype, device=device)
-        self.net_ = fit_module(
-            module, train_set, solver="adamw", learning_rate=self.learning_rate,
+        result = fit_module(
+            module, train_set, solver=self.solver, learning_rate=self.learning_rate,
             max_iter=self.max_iter, batch_size=self.batch_size, weight_decay=decays,
-            callbacks=self.callbacks, verbose=self.verbose)
+            tol=self.tol, n_iter_no_change=self.n_iter_no_change,
+            callbacks=self.callbacks, verbose=self.verbose,
+            desc=f"{type(self).__name__} ({M} models)")
+        self.n_iter_ = result.n_iter.reshape(n_splits, n_wds)
+        if result.net is not None:
+            self.net_ = result.net
+        elif hasattr(self, "net_"):
+            del self.net_
         del batch, train_set
         # the stand-alone probe's prediction batches, through the stacked module
         logits, order = module_logits(module, helper._predict_batches(source, dtype, device))

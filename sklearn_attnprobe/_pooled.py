@@ -66,10 +66,13 @@ _SHARED_DOC = """
         Intercepts (not penalised).
     module_ : LinearProbeModule
         Fitted torch module (``weight``, ``bias``).
-    net_ : skorch.NeuralNet
-        The skorch net that trained it (``net_.history`` holds the losses).
     n_iter_ : int
         L-BFGS iterations or AdamW steps taken.
+    loss_curve_ : list of float
+        The objective at each L-BFGS evaluation, or after each AdamW epoch.
+    net_ : skorch.NeuralNet
+        Only when ``callbacks`` were given: the skorch net that ran them
+        (``net_.history`` holds the losses).
 """
 
 _SHARED_NOTES = """
@@ -77,8 +80,8 @@ _SHARED_NOTES = """
     -----
     The texts are pooled once, block by block; a fit holds the
     ``(n_texts, d_model)`` pooled features, never a padded copy of the tokens.
-    L-BFGS runs through skorch as one step whose closure torch's L-BFGS
-    re-evaluates.
+    L-BFGS is torch's :class:`~torch.optim.LBFGS` with a strong Wolfe line
+    search on the full batch; AdamW runs ``max_iter`` steps.
 """
 
 
@@ -150,9 +153,6 @@ class _PooledProbe(BaseProbe):
             The fitted probe.
         """
         return self._fit(X, y, sample_weight)
-
-    def _solver(self):
-        return self.solver
 
     def _make_module(self, d_model, n_outputs, dtype, generator):
         return LinearProbeModule(d_model, n_outputs, dtype=dtype)

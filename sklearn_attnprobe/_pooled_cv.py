@@ -51,11 +51,12 @@ class _PooledProbeCV(_BaseProbeCV):
             module = LinearProbeModule(source.d_model, n_outputs, dtype=pdtype).to(device)
             # strongest penalty first: each solution warm-starts the next
             for j in np.argsort(-wds, kind="stable"):
-                net = fit_module(module, train_set, solver="lbfgs", learning_rate=1.0,
-                                 max_iter=self.max_iter, batch_size=None,
-                                 weight_decay=float(wds[j]), tol=self.tol,
-                                 callbacks=self.callbacks, verbose=self.verbose)
-                self.n_iter_[s, j] = net.optimizer_.state[module.weight].get("n_iter", 0)
+                result = fit_module(module, train_set, solver="lbfgs", learning_rate=1.0,
+                                    max_iter=self.max_iter, batch_size=None,
+                                    weight_decay=float(wds[j]), tol=self.tol,
+                                    callbacks=self.callbacks, verbose=self.verbose,
+                                    desc=f"{type(self).__name__} fold {s}")
+                self.n_iter_[s, j] = result.n_iter[0]
                 with torch.no_grad():
                     logits[:, s, j] = module(batch).double().cpu().numpy()
         return logits

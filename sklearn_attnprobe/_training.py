@@ -1,4 +1,4 @@
-"""Training loops: a skorch ``NeuralNet`` that the estimators own.
+"""Training loops of the probes.
 
 The objective is the same for every probe and optimizer::
 
@@ -9,19 +9,25 @@ with ``w`` the sample weights (times class weights), ``loss`` the log-loss and
 The optimizer's own decoupled weight decay stays at zero: the penalty is part of
 the objective, so ``weight_decay`` means the same for AdamW and L-BFGS.
 
-skorch drives both paths. L-BFGS runs as one skorch step whose closure torch's
-:class:`torch.optim.LBFGS` re-evaluates up to ``max_iter`` times; AdamW runs one
-skorch epoch per pass over the training texts, ``max_iter`` steps in all.
+Two drivers run it. Without user callbacks, a plain torch loop
+(:mod:`._loops`): a step costs its arithmetic and nothing else, and training
+stops when the objective stops improving. With callbacks, a skorch
+``NeuralNet`` drives the same objective so that skorch's callbacks (progress
+bars, schedules, checkpoints, early stopping) work as documented.
 """
 
 import copy
 import math
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
 from skorch import NeuralNet
+from skorch.callbacks import Callback
 from torch import nn
 
 from ._packing import PackedBatch
@@ -41,18 +47,42 @@ def per_sample_log_loss(logits, y):
     return -logp.gather(-1, index)[..., 0]
 
 
-class WeightedLogLoss(nn.Module):
-    """Sample-weighted mean log-loss, summed over models when stacked.
+def weighted_log_loss(logits, y, w):
+    """Sample-weighted mean log-loss, one value per model: ``()`` or ``(M,)``.
 
     ``w`` is ``(n,)`` for one model or ``(n, M)`` for ``M`` stacked models,
     each with its own weights (a cross-validation fold's training mask).
     """
+    losses = per_sample_log_loss(logits, y)
+    # a minibatch may hold none of a model's training texts: loss 0, not 0/0
+    total = w.sum(dim=0).clamp_min(torch.finfo(w.dtype).tiny)
+    return (losses * w).sum(dim=0) / total
+
+
+class WeightedLogLoss(nn.Module):
+    """skorch criterion: :func:`weighted_log_loss` summed over models."""
 
     def forward(self, logits, y, w):
-        losses = per_sample_log_loss(logits, y)
-        # a minibatch may hold none of a model's training texts: loss 0, not 0/0
-        total = w.sum(dim=0).clamp_min(torch.finfo(w.dtype).tiny)
-        return ((losses * w).sum(dim=0) / total).sum()
+        return weighted_log_loss(logits, y, w).sum()
+
+
+def model_penalties(module, weight_decay):
+    """``weight_decay / 2 * ||W_m||^2`` per model: ``()`` or ``(n_models,)``."""
+    n_models = getattr(module, "n_models", None)
+    if n_models is None:
+        return module.penalty(weight_decay)
+    d, H = module.d_model, module.n_heads
+    sq_query = (module.query.view(d, n_models, H) ** 2).sum(dim=(0, 2))
+    sq_value = (module.value.reshape(n_models, -1) ** 2).sum(dim=1)
+    return 0.5 * weight_decay * (sq_query + sq_value)
+
+
+def objectives(module, batch, y, w, weight_decay):
+    """Penalised objective of each model on one batch: ``()`` or ``(M,)``."""
+    loss = weighted_log_loss(module(batch), y, w)
+    if torch.is_tensor(weight_decay) or weight_decay:
+        loss = loss + model_penalties(module, weight_decay)
+    return loss
 
 
 class TrainingSet(torch.utils.data.Dataset):
@@ -69,7 +99,7 @@ class TrainingSet(torch.utils.data.Dataset):
         sizes = [len(b) for b in batch.blocks]
         self.block_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.steps_left = None  # set by fit_module for AdamW; None = unlimited
+        self.steps_left = None  # skorch path: AdamW step budget; None = unlimited
 
     def __len__(self):
         return len(self.batch)
@@ -77,38 +107,52 @@ class TrainingSet(torch.utils.data.Dataset):
     def __getitem__(self, i):
         raise TypeError("TrainingSet is served in whole batches by BatchIterator")
 
-    def subset(self, rows):
-        """Batch and targets of the given rows (a sorted int64 array)."""
+    def select_rows(self, rows):
+        """Batch of the given rows (a sorted int64 array of packed positions)."""
         rows_t = torch.as_tensor(rows, device=self.y.device)
         order = self.batch.order[rows]
         if self.batch.features is not None:
-            sub = PackedBatch([], features=self.batch.features[rows_t], order=order)
-        else:
-            blocks = []
-            cuts = np.searchsorted(rows, self.block_starts)
-            for b, block in enumerate(self.batch.blocks):
-                sel = rows[cuts[b] : cuts[b + 1]] - self.block_starts[b]
-                if len(sel):
-                    blocks.append(block.select(torch.as_tensor(sel, device=self.y.device)))
-            sub = PackedBatch(blocks, order=order)
-        return sub, (self.y[rows_t], self.w[rows_t])
+            return PackedBatch([], features=self.batch.features[rows_t], order=order)
+        blocks = []
+        cuts = np.searchsorted(rows, self.block_starts)
+        for b, block in enumerate(self.batch.blocks):
+            sel = rows[cuts[b] : cuts[b + 1]] - self.block_starts[b]
+            if len(sel):
+                blocks.append(block.select(torch.as_tensor(sel, device=self.y.device)))
+        return PackedBatch(blocks, order=order)
 
-    def batches(self, batch_size):
+    def subset(self, rows):
+        """Batch and ``(y, w)`` of the given packed rows."""
+        rows_t = torch.as_tensor(rows, device=self.y.device)
+        return self.select_rows(rows), (self.y[rows_t], self.w[rows_t])
+
+    def split(self, rows):
+        """A new TrainingSet of some rows (packed positions), sharing the data."""
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        part = copy.copy(self)
+        part.batch, (part.y, part.w) = self.subset(rows)
+        sizes = [len(b) for b in part.batch.blocks]
+        part.block_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        return part
+
+    def epoch(self, batch_size):
+        """One pass: ``(batch, (y, w))`` minibatches in a seeded random order."""
         n = len(self)
         if batch_size >= n:
-            parts = [None]
-        else:
-            perm = torch.randperm(n, generator=self.generator).numpy()
-            parts = [np.sort(perm[i : i + batch_size]) for i in range(0, n, batch_size)]
-        for rows in parts:
+            yield self.batch, (self.y, self.w)
+            return
+        perm = torch.randperm(n, generator=self.generator).numpy()
+        for i in range(0, n, batch_size):
+            yield self.subset(np.sort(perm[i : i + batch_size]))
+
+    def batches(self, batch_size):
+        """:meth:`epoch`, cut to ``steps_left`` (the skorch path's step budget)."""
+        for item in self.epoch(batch_size):
             if self.steps_left is not None:
                 if self.steps_left <= 0:
                     return
                 self.steps_left -= 1
-            if rows is None:
-                yield self.batch, (self.y, self.w)
-            else:
-                yield self.subset(rows)
+            yield item
 
 
 class BatchIterator:
@@ -139,98 +183,167 @@ class ProbeNet(NeuralNet):
         y, w = y_true
         loss = self.criterion_(y_pred, y, w)
         if torch.is_tensor(self.weight_decay) or self.weight_decay:
-            loss = loss + self.module_.penalty(self.weight_decay)
+            loss = loss + model_penalties(self.module_, self.weight_decay).sum()
         return loss
+
+
+def _flush_state():
+    """Whether subnormal floats are flushed now (torch has no getter)."""
+    tiny = torch.tensor([1e-30], dtype=torch.float32)
+    return bool((tiny * 1e-10).item() == 0.0)  # 1e-40 is subnormal in float32
 
 
 @contextmanager
 def flush_denormal():
-    """Run with subnormal floats flushed to zero (x86 CPUs), then switch back.
+    """Run with subnormal floats flushed to zero (x86 CPUs), then restore.
 
     Once a probe fits well, the loss gradient holds values like 1e-40
     (confident softmax outputs minus one-hot targets) and every matrix product
     downstream of it slows down 3-10x on x86 CPUs (measured: a step going from
     150 ms to 600 ms within 30 steps). Values that small change nothing.
-    torch's flag is process-wide state without a getter: it is restored to
-    torch's default (off) on exit.
+    torch's flag is process-wide state without a getter: one subnormal
+    multiply reads it, and the previous state is put back on exit. Do not
+    hold this context across a generator's ``yield``.
     """
+    before = _flush_state()
     supported = torch.set_flush_denormal(True)
     try:
         yield
     finally:
         if supported:
-            torch.set_flush_denormal(False)
+            torch.set_flush_denormal(before)
+
+
+@dataclass
+class FitResult:
+    """What a training run leaves behind (the estimators copy it to attributes)."""
+
+    n_iter: np.ndarray  # optimizer steps (or L-BFGS iterations) per model
+    loss_curve: list  # objective per epoch: floats, or (n_models,) arrays
+    converged: np.ndarray  # per model
+    net: NeuralNet = None  # the skorch net, on the callbacks path only
+    validation_scores: list = field(default_factory=list)
+    best_validation_score: float = None
 
 
 def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size,
-               weight_decay, tol=None, callbacks=None, verbose=0):
-    """Train ``module`` in place on ``train_set``; return the fitted net.
+               weight_decay, tol=1e-4, n_iter_no_change=10, validation_set=None,
+               callbacks=None, verbose=0, desc="fit"):
+    """Train ``module`` in place on ``train_set``; return a :class:`FitResult`.
 
-    ``max_iter`` counts optimizer steps for AdamW and L-BFGS iterations for
-    L-BFGS (one full-batch skorch step).
+    ``max_iter`` counts optimizer steps for AdamW and iterations for L-BFGS.
+    AdamW stops once a model's epoch objective (or, with ``validation_set``,
+    its validation log-loss) has not improved by ``tol`` for
+    ``n_iter_no_change`` epochs; ``n_iter_no_change=None`` runs ``max_iter``
+    steps. L-BFGS stops when the largest gradient entry is below ``tol``.
     """
+    from ._loops import adamw_loop, lbfgs_loop
+
     n = len(train_set)
     bs = n if batch_size is None else min(int(batch_size), n)
+    if solver not in ("adamw", "lbfgs"):
+        raise ValueError(f"unknown solver {solver!r}")
+    with flush_denormal():
+        if callbacks:
+            result = _fit_with_skorch(module, train_set, solver, learning_rate, max_iter,
+                                      bs, weight_decay, tol, n_iter_no_change,
+                                      callbacks, verbose)
+        elif solver == "lbfgs":
+            result = lbfgs_loop(module, train_set, max_iter=max_iter, tol=tol,
+                                weight_decay=weight_decay, verbose=verbose, desc=desc)
+        else:
+            result = adamw_loop(module, train_set, learning_rate=learning_rate,
+                                max_iter=max_iter, batch_size=bs,
+                                weight_decay=weight_decay, tol=tol,
+                                n_iter_no_change=n_iter_no_change,
+                                validation_set=validation_set, verbose=verbose,
+                                desc=desc)
+    if not result.converged.all():
+        warnings.warn(
+            f"{desc}: stopped at max_iter={max_iter} before the objective converged "
+            f"({int((~result.converged).sum())} of {result.converged.size} models); "
+            "raise max_iter or tol",
+            ConvergenceWarning, stacklevel=3,
+        )
+    return result
+
+
+def _fit_with_skorch(module, train_set, solver, learning_rate, max_iter, bs,
+                     weight_decay, tol, n_iter_no_change, callbacks, verbose):
+    """The user registered skorch callbacks: let a skorch net drive training."""
+    n = len(train_set)
+    callbacks = copy.deepcopy(callbacks)
+    if solver == "adamw" and n_iter_no_change is not None:
+        callbacks.append(("convergence", _Convergence(tol, n_iter_no_change)))
     common = dict(
-        module=module,
-        criterion=WeightedLogLoss,
-        iterator_train=BatchIterator,
-        batch_size=bs,
-        train_split=None,
-        callbacks=copy.deepcopy(callbacks) if callbacks else None,
-        verbose=verbose,
-        device=str(train_set.y.device),
-        weight_decay=weight_decay,
-        # no validation split, so no valid-loss scorer; the per-epoch log
-        # table costs ~1 ms per step, so it only exists when verbose
+        module=module, criterion=WeightedLogLoss, iterator_train=BatchIterator,
+        batch_size=bs, train_split=None, callbacks=callbacks, verbose=verbose,
+        device=str(train_set.y.device), weight_decay=weight_decay,
         callbacks__valid_loss=None,
     )
     if not verbose:
         common["callbacks__print_log"] = None
     if solver == "lbfgs":
-        net = ProbeNet(
-            optimizer=torch.optim.LBFGS,
-            lr=1.0,
-            max_epochs=1,
-            optimizer__max_iter=max_iter,
-            optimizer__max_eval=int(max_iter * 1.25) + 1,
-            optimizer__tolerance_grad=tol,
-            optimizer__tolerance_change=tol * 1e-3,
-            optimizer__history_size=20,
-            optimizer__line_search_fn="strong_wolfe",
-            **common,
-        )
+        net = ProbeNet(optimizer=torch.optim.LBFGS, lr=1.0, max_epochs=1,
+                       **_lbfgs_options(max_iter, tol, prefix="optimizer__"), **common)
         train_set.steps_left = None
-    elif solver == "adamw":
-        net = ProbeNet(
-            optimizer=torch.optim.AdamW,
-            lr=learning_rate,
-            optimizer__weight_decay=0.0,
-            optimizer__fused=_fused_adamw_supported(train_set.y.device),
-            max_epochs=math.ceil(max_iter / math.ceil(n / bs)),
-            **common,
-        )
-        train_set.steps_left = max_iter
     else:
-        raise ValueError(f"unknown solver {solver!r}")
-    with flush_denormal():
-        net.fit(train_set, None)
-    return net
+        net = ProbeNet(optimizer=torch.optim.AdamW, lr=learning_rate,
+                       optimizer__weight_decay=0.0,
+                       optimizer__fused=fused_adamw_supported(train_set.y.device),
+                       max_epochs=math.ceil(max_iter / math.ceil(n / bs)), **common)
+        train_set.steps_left = max_iter
+    net.fit(train_set, None)
+    opt = net.optimizer_
+    if solver == "lbfgs":
+        state = opt.state[opt.param_groups[0]["params"][0]]
+        steps = int(state.get("n_iter", 0))
+        converged = steps < max_iter
+    else:
+        steps = int(sum(len(h["batches"]) for h in net.history))
+        converged = steps < max_iter or n_iter_no_change is None
+    n_models = getattr(module, "n_models", 1)
+    return FitResult(
+        n_iter=np.full(n_models, steps),
+        loss_curve=list(net.history[:, "train_loss"]),
+        converged=np.full(n_models, converged),
+        net=net,
+    )
 
 
-def _fused_adamw_supported(device):
+class _Convergence(Callback):
+    """The plain loop's stopping rule (:class:`._loops.StoppingRule`) for skorch."""
+
+    def __init__(self, tol, n_iter_no_change):
+        self.tol, self.n_iter_no_change = tol, n_iter_no_change
+
+    def on_train_begin(self, net, **kwargs):
+        from ._loops import StoppingRule
+
+        self.rule_ = StoppingRule(1, self.tol, self.n_iter_no_change)
+
+    def on_epoch_end(self, net, **kwargs):
+        loss = np.array([net.history[-1, "train_loss"]])
+        if self.rule_.update(loss, np.arange(1))[1][0]:
+            raise KeyboardInterrupt  # skorch ends fit() cleanly on this
+
+
+def _lbfgs_options(max_iter, tol, prefix=""):
+    options = dict(
+        max_iter=max_iter,
+        max_eval=int(max_iter * 1.25) + 1,
+        tolerance_grad=tol,
+        tolerance_change=tol * 1e-3,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+    return {prefix + k: v for k, v in options.items()}
+
+
+def fused_adamw_supported(device):
     """Fused AdamW (one kernel for all parameters) is 2.5x faster per step on
     the small parameter tensors of a probe; CPU support came in torch 2.4."""
     if device.type == "cuda":
         return True
     major, minor = (int(v) for v in torch.__version__.split(".")[:2])
     return device.type == "cpu" and (major, minor) >= (2, 4)
-
-
-def n_iterations(net):
-    """Optimizer steps taken (AdamW) or L-BFGS iterations."""
-    opt = net.optimizer_
-    if isinstance(opt, torch.optim.LBFGS):
-        state = opt.state[opt.param_groups[0]["params"][0]]
-        return int(state.get("n_iter", 0))
-    return int(sum(len(h["batches"]) for h in net.history))

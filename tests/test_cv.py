@@ -89,8 +89,8 @@ def test_refit_false_has_results_but_no_model(data):
 def test_minibatches_and_attention_inspection(data):
     X, y = data
     cv = AttentionProbeClassifierCV(n_heads=2, cv=3, max_iter=30, batch_size=16,
-                                    random_state=0).fit(X, y)
-    assert cv.net_.optimizer_.state[cv.net_.module_.query]["step"] == 30
+                                    n_iter_no_change=None, random_state=0).fit(X, y)
+    assert cv.n_iter_.shape == (3, 4) and (cv.n_iter_ == 30).all()
     w = cv.attention_weights(X[:3])
     assert [a.shape for a in w] == [(n, 2) for n in X.lengths[:3]]
     assert cv.attention_entropy(X).ratio.shape == (len(y), 2)

@@ -1,0 +1,225 @@
+"""Plain torch training loops (the path without user callbacks).
+
+A step is the forward pass, the backward pass and one fused optimizer update,
+nothing else: no per-step callbacks, logging or host synchronisation (the loss
+is read back once per epoch, for the stopping rule).
+
+Stacked cross-validation modules stop model by model: once a model has
+converged its parameters are set aside and it leaves the working module, so
+the per-step matrix products shrink as models finish.
+"""
+
+import copy
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._progress import ProgressReporter
+
+# Each parameter of a stacked module: the axis that indexes models, and
+# whether that axis holds n_heads entries per model (query columns, slopes).
+_MODEL_LAYOUT = {"query": (1, True), "slope": (0, True), "value": (0, False),
+                 "bias": (0, False)}
+
+
+def _model_rows(models, n_heads, per_head):
+    models = torch.as_tensor(models, dtype=torch.long)
+    if not per_head:
+        return models
+    return (models[:, None] * n_heads + torch.arange(n_heads)[None, :]).reshape(-1)
+
+
+class _StackedModels:
+    """Finished models' parameters, and the shrinking of the working module."""
+
+    def __init__(self, module):
+        self.module = module
+        self.n_models = module.n_models
+        self.active = np.arange(self.n_models)  # original index of each working model
+        self.final = {name: p.detach().clone() for name, p in module.named_parameters()}
+
+    def _index(self, name, models, device):
+        axis, per_head = _MODEL_LAYOUT[name]
+        return axis, _model_rows(models, self.module.n_heads, per_head).to(device)
+
+    def _store(self, local):
+        """Copy working models ``local`` into the final parameters."""
+        for name, p in self.module.named_parameters():
+            axis, src = self._index(name, local, p.device)
+            _, dst = self._index(name, self.active[local], p.device)
+            self.final[name].index_copy_(axis, dst, p.detach().index_select(axis, src))
+
+    def shrink(self, keep, optimizer):
+        """Keep working models ``keep`` (local indices); return the new optimizer."""
+        done = np.setdiff1d(np.arange(len(self.active)), keep)
+        self._store(done)
+        old_state = {}
+        for name, p in list(self.module.named_parameters()):
+            axis, idx = self._index(name, keep, p.device)
+            new = nn.Parameter(p.detach().index_select(axis, idx))
+            state = optimizer.state.get(p, {})
+            old_state[name] = {
+                k: (v.index_select(axis, idx) if torch.is_tensor(v) and v.shape == p.shape
+                    else (v.clone() if torch.is_tensor(v) else v))
+                for k, v in state.items()
+            }
+            setattr(self.module, name, new)
+        self.module.n_models = len(keep)
+        self.active = self.active[keep]
+        # the same optimizer (its settings untouched) over the sliced parameters
+        optimizer.param_groups[0]["params"] = list(self.module.parameters())
+        optimizer.state = defaultdict(dict, {
+            p: old_state[name] for name, p in self.module.named_parameters()
+            if old_state[name]})
+        return optimizer
+
+    def finish(self):
+        """Put every model back into the module, in the original order."""
+        self._store(np.arange(len(self.active)))
+        for name, value in self.final.items():
+            setattr(self.module, name, nn.Parameter(value))
+        self.module.n_models = self.n_models
+
+
+class StoppingRule:
+    """scikit-learn's rule (as in MLPClassifier), one counter per model.
+
+    An epoch whose loss is not below ``best - tol`` counts as no improvement;
+    a model stops after more than ``n_iter_no_change`` of them in a row.
+    """
+
+    def __init__(self, n_models, tol, n_iter_no_change):
+        self.tol, self.patience = tol, n_iter_no_change
+        self.best = np.full(n_models, np.inf)
+        self.misses = np.zeros(n_models, dtype=np.int64)
+
+    def update(self, loss, rows):
+        """Record ``loss`` of models ``rows``; return which of them improved
+        and which have stopped."""
+        improved = loss < self.best[rows] - self.tol
+        self.misses[rows] = np.where(improved, 0, self.misses[rows] + 1)
+        self.best[rows] = np.minimum(self.best[rows], loss)
+        stopped = (self.misses[rows] > self.patience) if self.patience is not None \
+            else np.zeros(len(rows), dtype=bool)
+        return improved, stopped
+
+
+def _fused_adamw(module, learning_rate, device):
+    from ._training import fused_adamw_supported
+
+    return torch.optim.AdamW(module.parameters(), lr=learning_rate, weight_decay=0.0,
+                             fused=fused_adamw_supported(device))
+
+
+def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight_decay,
+               tol, n_iter_no_change, validation_set, verbose, desc):
+    """AdamW until converged or ``max_iter`` steps; see :func:`fit_module`."""
+    from ._training import FitResult, objectives, weighted_log_loss
+
+    device = train_set.y.device
+    stacked = getattr(module, "n_models", None) is not None
+    n_models = module.n_models if stacked else 1
+    models = _StackedModels(module) if stacked else None
+    train_set = copy.copy(train_set)  # its weight columns shrink with the models
+    decay = weight_decay
+    optimizer = _fused_adamw(module, learning_rate, device)
+    rule = StoppingRule(n_models, tol, n_iter_no_change)
+    n_iter = np.zeros(n_models, dtype=np.int64)
+    converged = np.zeros(n_models, dtype=bool)
+    loss_curve, val_scores = [], []
+    best_state, best_val = None, None
+    steps, start = 0, time.perf_counter()
+    report = ProgressReporter(max_iter, verbose, desc, unit="step")
+    while steps < max_iter:
+        total, seen = 0.0, 0
+        for batch, (y, w) in train_set.epoch(batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            obj = objectives(module, batch, y, w, decay)
+            obj.sum().backward()
+            optimizer.step()
+            total = total + obj.detach() * len(batch)
+            seen += len(batch)
+            steps += 1
+            report.advance(1)
+            if steps >= max_iter:
+                break
+        epoch_loss = np.atleast_1d((total / seen).double().cpu().numpy())
+        rows = models.active if stacked else np.arange(1)
+        if stacked:
+            curve = np.full(n_models, np.nan)
+            curve[rows] = epoch_loss
+            loss_curve.append(curve)
+        else:
+            loss_curve.append(float(epoch_loss[0]))
+        monitored = epoch_loss
+        if validation_set is not None:
+            with torch.no_grad():
+                logits = module(validation_set.batch)
+                vloss = float(weighted_log_loss(logits, validation_set.y, validation_set.w))
+                val_scores.append(_accuracy(logits, validation_set.y, validation_set.w))
+            monitored = np.array([vloss])
+        improved, stopped = rule.update(monitored, rows)
+        if validation_set is not None and improved[0]:
+            best_val = val_scores[-1]
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        n_iter[rows] = steps
+        report.status(models=len(rows), loss=float(np.mean(epoch_loss)))
+        if stopped.any():
+            converged[rows[stopped]] = True
+            if stopped.all():
+                break
+            keep = np.flatnonzero(~stopped)
+            optimizer = models.shrink(keep, optimizer)
+            train_set.w = train_set.w[:, torch.as_tensor(keep, device=device)]
+            if torch.is_tensor(decay):
+                decay = decay[torch.as_tensor(keep, device=decay.device)]
+    if n_iter_no_change is None:
+        converged[:] = True  # a fixed number of steps was asked for
+    if stacked:
+        models.finish()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    report.close(f"{steps} steps, {'converged' if converged.all() else 'max_iter reached'}"
+                 f", {time.perf_counter() - start:.1f} s")
+    return FitResult(n_iter=n_iter, loss_curve=loss_curve, converged=converged,
+                     validation_scores=val_scores, best_validation_score=best_val)
+
+
+def _accuracy(logits, y, w):
+    pred = (logits[:, 0] > 0).long() if logits.shape[-1] == 1 else logits.argmax(-1)
+    return float(((pred == y).to(w.dtype) * w).sum() / w.sum())
+
+
+def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc):
+    """Full-batch L-BFGS with a strong Wolfe line search; see :func:`fit_module`."""
+    from ._training import FitResult, _lbfgs_options, objectives
+
+    options = _lbfgs_options(max_iter, tol)
+    optimizer = torch.optim.LBFGS(module.parameters(), lr=1.0, **options)
+    batch, y, w = train_set.batch, train_set.y, train_set.w
+    losses = []
+    report = ProgressReporter(max_iter, verbose, desc, unit="eval")
+    start = time.perf_counter()
+
+    def closure():
+        optimizer.zero_grad(set_to_none=False)
+        obj = objectives(module, batch, y, w, weight_decay).sum()
+        obj.backward()
+        losses.append(obj.detach())
+        report.advance(1)
+        return obj
+
+    optimizer.step(closure)
+    state = optimizer.state[optimizer.param_groups[0]["params"][0]]
+    steps = int(state.get("n_iter", 0))
+    evals = int(state.get("func_evals", 0))
+    converged = steps < max_iter and evals < options["max_eval"]
+    n_models = getattr(module, "n_models", 1)
+    curve = [float(v) for v in torch.stack(losses).double().cpu()] if losses else []
+    report.close(f"{steps} L-BFGS iterations, {evals} evaluations, "
+                 f"{time.perf_counter() - start:.1f} s")
+    return FitResult(n_iter=np.full(n_models, steps), loss_curve=curve,
+                     converged=np.full(n_models, converged))

@@ -1,0 +1,164 @@
+"""Training loops: stopping, solvers, early stopping, progress, subnormals."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import StratifiedKFold
+
+from sklearn_attnprobe import (
+    AttentionProbeClassifier,
+    AttentionProbeClassifierCV,
+    MeanProbeClassifier,
+)
+from sklearn_attnprobe import _progress
+from sklearn_attnprobe._training import _flush_state, flush_denormal
+from sklearn_attnprobe.datasets import make_planted_task
+
+
+@pytest.fixture(scope="module")
+def needle():
+    return make_planted_task("needle", n_texts=120, d_model=12, dtype=np.float64,
+                             random_state=0, return_ragged=True)
+
+
+def _fit_quiet(est, X, y):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X, y)
+    return [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+
+def test_adamw_stops_when_the_objective_stops_improving(needle):
+    X, y = needle
+    est = AttentionProbeClassifier(n_heads=2, weight_decay=1e-2, max_iter=2000,
+                                   random_state=0)
+    assert not _fit_quiet(est, X, y)
+    assert 11 < est.n_iter_ < 2000
+    curve = np.asarray(est.loss_curve_)
+    assert len(curve) == est.n_iter_  # full batch: one epoch per step
+    # MLPClassifier's rule: each of the last n_iter_no_change + 1 epochs
+    # improved on the best loss before it by less than tol; the one before
+    # them did improve by tol
+    p, tol = est.n_iter_no_change, est.tol
+    n = len(curve)
+    assert all(curve[i] > curve[:i].min() - tol for i in range(n - p - 1, n))
+    assert curve[n - p - 2] <= curve[: n - p - 2].min() - tol
+
+
+def test_max_iter_first_warns_and_fixed_steps_do_not(needle):
+    X, y = needle
+    est = AttentionProbeClassifier(n_heads=2, max_iter=5, random_state=0)
+    assert len(_fit_quiet(est, X, y)) == 1 and est.n_iter_ == 5
+    fixed = AttentionProbeClassifier(n_heads=2, max_iter=40, n_iter_no_change=None,
+                                     random_state=0)
+    assert not _fit_quiet(fixed, X, y)
+    assert fixed.n_iter_ == 40 and len(fixed.loss_curve_) == 40
+
+
+def test_stopping_on_the_skorch_path_matches_the_plain_loop(needle):
+    from skorch.callbacks import Callback
+
+    X, y = needle
+    params = dict(n_heads=2, weight_decay=1e-2, max_iter=2000, random_state=0)
+    plain = AttentionProbeClassifier(**params).fit(X, y)
+    driven = AttentionProbeClassifier(callbacks=[Callback()], **params).fit(X, y)
+    assert hasattr(driven, "net_") and not hasattr(plain, "net_")
+    assert driven.n_iter_ == plain.n_iter_
+    np.testing.assert_allclose(driven.loss_curve_, plain.loss_curve_, rtol=1e-9)
+    np.testing.assert_allclose(driven.predict_proba(X), plain.predict_proba(X),
+                               atol=1e-10)
+
+
+def test_cv_models_stop_on_their_own_as_stand_alone_fits_do(needle):
+    X, y = needle
+    wds = [0.0, 1e-2, 1e-1]
+    params = dict(n_heads=2, max_iter=400, learning_rate=5e-2, random_state=0)
+    cv = AttentionProbeClassifierCV(weight_decays=wds, cv=3, refit=False,
+                                    **params).fit(X, y)
+    splits = StratifiedKFold(3).split(np.zeros(len(y)), y)
+    for s, (train, test) in enumerate(splits):
+        for j, wd in enumerate(wds):
+            single = AttentionProbeClassifier(weight_decay=wd, **params)
+            single.fit(X[train], y[train])
+            assert cv.n_iter_[s, j] == single.n_iter_
+            score = single.score(X[test], y[test])
+            assert cv.cv_results_[f"split{s}_test_score"][j] == pytest.approx(score)
+    # the models did stop at different steps: the stacked step shrank
+    assert len(np.unique(cv.n_iter_)) > 2
+    assert cv.n_iter_.max() < 400
+
+
+def test_lbfgs_reaches_a_lower_objective_than_short_adamw(needle):
+    X, y = needle
+    lbfgs = AttentionProbeClassifier(n_heads=2, weight_decay=1e-2, solver="lbfgs",
+                                     max_iter=300, random_state=0)
+    assert not _fit_quiet(lbfgs, X, y)
+    adam = AttentionProbeClassifier(n_heads=2, weight_decay=1e-2, max_iter=50,
+                                    n_iter_no_change=None, random_state=0).fit(X, y)
+    assert lbfgs.loss_curve_[-1] < adam.loss_curve_[-1]
+    assert lbfgs.n_iter_ < 300
+    assert lbfgs.score(X, y) >= adam.score(X, y) - 0.02
+
+
+def test_early_stopping_holds_out_texts_and_keeps_the_best_epoch(needle):
+    X, y = needle
+    est = AttentionProbeClassifier(n_heads=2, max_iter=3000, learning_rate=5e-2,
+                                   early_stopping=True, validation_fraction=0.25,
+                                   random_state=0)
+    _fit_quiet(est, X, y)
+    scores = est.validation_scores_
+    assert len(scores) == est.n_iter_ == len(est.loss_curve_)
+    assert est.best_validation_score_ in scores
+    # stopped on the held-out loss, long before the training loss flattens
+    assert est.n_iter_ < 3000
+    # the kept parameters are those of the last epoch that improved the
+    # held-out loss: n_iter_no_change + 1 epochs before the end
+    best_epoch = est.n_iter_ - est.n_iter_no_change - 1
+    assert est.validation_scores_[best_epoch - 1] == est.best_validation_score_
+    upto = AttentionProbeClassifier(n_heads=2, max_iter=best_epoch, learning_rate=5e-2,
+                                    n_iter_no_change=None, early_stopping=True,
+                                    validation_fraction=0.25, random_state=0)
+    _fit_quiet(upto, X, y)
+    np.testing.assert_array_equal(upto.predict_proba(X), est.predict_proba(X))
+
+
+def test_verbose_levels(needle, capsys, monkeypatch):
+    X, y = needle
+    est = AttentionProbeClassifier(n_heads=2, max_iter=20, n_iter_no_change=None,
+                                   random_state=0)
+    est.fit(X, y)
+    assert capsys.readouterr().err == ""
+    est.set_params(verbose=1).fit(X, y)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "20 steps" in err
+    est.set_params(verbose=2).fit(X, y)
+    assert 5 <= capsys.readouterr().err.count("step ") <= 12
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(_progress, "BAR_DELAY", 0.0)
+    est.set_params(verbose=1).fit(X, y)
+    assert "/20 [" in capsys.readouterr().err  # the bar was drawn
+
+
+def test_pooled_probe_lbfgs_unchanged_by_the_plain_loop(needle):
+    X, y = needle
+    a = MeanProbeClassifier(weight_decay=1e-2).fit(X, y)
+    b = clone(a).set_params(callbacks=[]).fit(X, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert a.n_iter_ > 3 and not hasattr(a, "net_")
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_flush_denormal_restores_the_previous_state(state):
+    if not torch.set_flush_denormal(state):
+        pytest.skip("this CPU cannot flush subnormal numbers")
+    try:
+        assert _flush_state() is state
+        with flush_denormal():
+            assert _flush_state() is True
+        assert _flush_state() is state
+    finally:
+        torch.set_flush_denormal(False)
