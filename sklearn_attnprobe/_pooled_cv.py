@@ -7,7 +7,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 
 from ._base import parameter_dtype, resolve_device
-from ._cv import _BaseProbeCV
+from ._cv_base import _BaseProbeCV
 from ._modules import LinearProbeModule
 from ._packing import PackedBatch
 from ._pooled import LastTokenProbeClassifier, MeanProbeClassifier, pool_features
@@ -69,8 +69,10 @@ _POOLED_CV_PARAMS = """
         Candidate L2 penalties, see :class:`{probe}`.
     cv : int, cross-validation generator or iterable, default=5
         As in :class:`~sklearn.model_selection.GridSearchCV`.
-    scoring : {"accuracy", "neg_log_loss"} or None, default=None
-        None is accuracy.
+    scoring : str, callable or None, default=None
+        Any scikit-learn scorer (a name such as ``"neg_log_loss"`` or
+        ``"roc_auc"``, or ``scorer(estimator, X, y)``), computed on each test
+        fold's texts as ``GridSearchCV`` would; None is accuracy.
     refit : bool, default=True
         Refit the best weight decay on all texts as ``best_estimator_``.
     max_iter : int, default=2000

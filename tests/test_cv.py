@@ -105,3 +105,33 @@ def test_cv_bad_parameters(data, bad, match):
     X, y = data
     with pytest.raises(ValueError, match=match):
         MeanProbeClassifierCV(**bad).fit(X, y)
+
+
+@pytest.mark.parametrize("scoring", ["roc_auc_ovr", "balanced_accuracy", "f1_macro"])
+def test_any_scorer_matches_grid_search(data, scoring):
+    X, y = data
+    gs = GridSearchCV(MeanProbeClassifier(tol=1e-10), {"weight_decay": GRID}, cv=3,
+                      scoring=scoring).fit(X, y)
+    cv = MeanProbeClassifierCV(weight_decays=GRID, cv=3, scoring=scoring,
+                               tol=1e-10).fit(X, y)
+    np.testing.assert_allclose(cv.cv_results_["mean_test_score"],
+                               gs.cv_results_["mean_test_score"], rtol=1e-5)
+
+
+def test_callable_scorer_and_groups_follow_grid_search(data):
+    from sklearn.metrics import make_scorer, matthews_corrcoef
+    from sklearn.model_selection import GroupKFold
+
+    X, y = data
+    groups = np.arange(len(y)) // 10  # 15 groups of neighbouring texts
+    scorer = make_scorer(matthews_corrcoef)
+    params = dict(n_heads=1, max_iter=30, random_state=0)
+    gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": [0.0, 0.1]},
+                      cv=GroupKFold(3), scoring=scorer).fit(X, y, groups=groups)
+    cv = AttentionProbeClassifierCV(weight_decays=[0.0, 0.1], cv=GroupKFold(3),
+                                    scoring=scorer, **params).fit(X, y, groups=groups)
+    for k in range(3):
+        np.testing.assert_allclose(cv.cv_results_[f"split{k}_test_score"],
+                                   gs.cv_results_[f"split{k}_test_score"], atol=1e-12)
+    assert cv.refit_time_ > 0
+    assert MeanProbeClassifierCV(refit=False, cv=3).fit(X, y).refit_time_ is None

@@ -1,0 +1,178 @@
+"""Time to a fitted probe: this tree against 0.1.0, side by side, same data.
+
+Three measurements (issue "time to a fitted probe"):
+
+* ``planted``: default-settings ``AttentionProbeClassifier`` (1 and 8 heads)
+  on the planted needle, shift and last-token tasks, 1,000 training texts of
+  16-128 tokens, d_model 128, test accuracy on 2,000 more texts of the task;
+* ``grid``: ``GridSearchCV(AttentionProbeClassifier(n_heads=8),
+  {"weight_decay": [0, 1e-3, 1e-2, 1e-1]})`` on 180 texts of 8-40 tokens,
+  d_model 32 (a needle task), test accuracy on 1,000 more;
+* ``cv``: ``AttentionProbeClassifierCV(n_heads=8)`` (4 weight decays x 5
+  folds + refit) on 2,000 texts of 128 tokens, d_model 384, on every core
+  (this tree only: 0.1.0 takes over a quarter of an hour here).
+
+Each fit runs in a fresh subprocess of the interpreter under test (``--baseline-python``
+for 0.1.0, e.g. a venv with ``pip install`` of ``git archive 5987ba4``), reading
+the same ``.npz`` files, so both sides see identical texts.
+
+    python -m benchmarks.bench_fit --baseline-python /tmp/venv010/bin/python \\
+        --out benchmarks/results
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+GRID = [0.0, 1e-3, 1e-2, 1e-1]
+
+
+# -- the worker: runs inside the interpreter under test ----------------------------
+def _load(path):
+    from sklearn_attnprobe import RaggedArray
+
+    z = np.load(path)
+    X = RaggedArray(z["data"], z["offsets"])
+    n_train = int(z["n_train"])
+    idx = np.arange(len(z["y"]))
+    return X[idx[:n_train]], z["y"][:n_train], X[idx[n_train:]], z["y"][n_train:]
+
+
+def worker(spec):
+    import warnings
+
+    import torch
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(spec["threads"])
+    import sklearn_attnprobe as ap
+    from sklearn.model_selection import GridSearchCV
+
+    Xa, ya, Xb, yb = _load(spec["data"])
+    start = time.perf_counter()
+    if spec["kind"] == "planted":
+        est = ap.AttentionProbeClassifier(n_heads=spec["n_heads"], random_state=0)
+        est.fit(Xa, ya)
+        extra = dict(n_iter=int(est.n_iter_))
+    elif spec["kind"] == "grid":
+        est = GridSearchCV(ap.AttentionProbeClassifier(n_heads=8, random_state=0),
+                           {"weight_decay": GRID}).fit(Xa, ya)
+        extra = dict(best=est.best_params_["weight_decay"], cv_score=est.best_score_)
+    else:
+        est = ap.AttentionProbeClassifierCV(n_heads=8, random_state=0).fit(Xa, ya)
+        extra = dict(best=est.best_params_["weight_decay"], cv_score=est.best_score_,
+                     fit_time=est.fit_time_)
+    seconds = time.perf_counter() - start
+    return dict(seconds=seconds, test_accuracy=float(est.score(Xb, yb)),
+                version=ap.__version__, **extra)
+
+
+# -- the driver ------------------------------------------------------------------
+def _save_task(folder, name, task, n_train, n_test, **kwargs):
+    from sklearn_attnprobe.datasets import make_planted_task
+
+    X, y = make_planted_task(task, n_texts=n_train + n_test, return_ragged=True,
+                             random_state=0, **kwargs)
+    path = os.path.join(folder, f"{name}.npz")
+    np.savez(path, data=X.data, offsets=X.offsets, y=y, n_train=n_train)
+    return path
+
+
+def _run(python, spec):
+    out = subprocess.run([python, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"{python} failed on {spec}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Time to a fitted probe vs 0.1.0")
+    parser.add_argument("--baseline-python", required=False)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--only", choices=["planted", "grid", "cv"], action="append")
+    parser.add_argument("--worker")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    only = args.only or ["planted", "grid", "cv"]
+    pythons = {"ours": sys.executable}
+    if args.baseline_python:
+        pythons["0.1.0"] = args.baseline_python
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        jobs = []
+        if "planted" in only:
+            for task in ("needle", "shift", "last"):
+                path = _save_task(folder, task, task, 1000, 2000, d_model=128,
+                                  min_length=16, max_length=128)
+                for n_heads in (1, 8):
+                    jobs.append(dict(kind="planted", task=task, n_heads=n_heads,
+                                     data=path, threads=1))
+        if "grid" in only:
+            path = _save_task(folder, "tiny", "needle", 180, 1000, d_model=32,
+                              min_length=8, max_length=40)
+            jobs.append(dict(kind="grid", task="needle", n_heads=8, data=path, threads=1))
+        if "cv" in only:
+            path = _save_task(folder, "cv", "needle", 2000, 500, d_model=384,
+                              min_length=128, max_length=128)
+            jobs.append(dict(kind="cv", task="needle", n_heads=8, data=path,
+                             threads=os.cpu_count(), ours_only=True))
+        for spec in jobs:
+            for side, python in pythons.items():
+                if side != "ours" and spec.get("ours_only"):
+                    continue
+                result = _run(python, {k: v for k, v in spec.items() if k != "ours_only"})
+                rows.append(dict(side=side, **{k: v for k, v in spec.items()
+                                               if k not in ("data", "ours_only")}, **result))
+                print(json.dumps(rows[-1]), flush=True)
+    report = _report(rows)
+    print(report)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "fit_time.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        with open(os.path.join(args.out, "fit_time.md"), "w") as f:
+            f.write(report)
+
+
+def _report(rows):
+    import platform
+
+    lines = [f"Machine: {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores; one torch thread per fit except the CV row.", "",
+             "| measurement | task | heads | 0.1.0 s | ours s | speed-up | 0.1.0 acc | ours acc | ours n_iter / best wd |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    key = lambda r: (r["kind"], r["task"], r["n_heads"])  # noqa: E731
+    groups = {}
+    for r in rows:
+        groups.setdefault(key(r), {})[r["side"]] = r
+    speedups = {}
+    for (kind, task, heads), sides in groups.items():
+        ours, base = sides["ours"], sides.get("0.1.0")
+        tail = ours.get("n_iter", ours.get("best"))
+        if base:
+            ratio = base["seconds"] / ours["seconds"]
+            speedups.setdefault(kind, []).append(ratio)
+            lines.append(f"| {kind} | {task} | {heads} | {base['seconds']:.1f} | "
+                         f"{ours['seconds']:.1f} | {ratio:.1f}x | {base['test_accuracy']:.3f} | "
+                         f"{ours['test_accuracy']:.3f} | {tail} |")
+        else:
+            lines.append(f"| {kind} | {task} | {heads} | - | {ours['seconds']:.1f} | - | - | "
+                         f"{ours['test_accuracy']:.3f} | {tail} |")
+    lines.append("")
+    for kind, ratios in speedups.items():
+        geo = float(np.exp(np.mean(np.log(ratios))))
+        lines.append(f"{kind}: geometric-mean speed-up {geo:.1f}x over {len(ratios)} fits")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
