@@ -51,10 +51,10 @@ class AttentionProbeClassifier(BaseProbe):
     max_iter : int, default=500
         Most AdamW steps, or L-BFGS iterations.
     tol : float, default=1e-4
-        AdamW: an epoch whose objective (or, with ``early_stopping``,
-        validation log-loss) is not below the best so far minus ``tol``
-        counts as no improvement. L-BFGS: stop when the largest gradient
-        entry is below ``tol``.
+        AdamW: an epoch whose objective is not below the best so far minus
+        ``tol`` (with ``early_stopping``: whose held-out accuracy is not
+        above the best so far plus ``tol``) counts as no improvement.
+        L-BFGS: stop when the largest gradient entry is below ``tol``.
     n_iter_no_change : int or None, default=10
         AdamW stops after more than this many epochs in a row without
         improvement (scikit-learn's ``MLPClassifier`` rule). None runs all
@@ -62,8 +62,9 @@ class AttentionProbeClassifier(BaseProbe):
         defaults is the seed's 500 AdamW steps.
     early_stopping : bool, default=False
         AdamW: hold out ``validation_fraction`` of the training texts
-        (stratified), stop on their log-loss instead of the training
-        objective, and keep the parameters of the best validation epoch.
+        (stratified), stop on their accuracy instead of the training
+        objective, and keep the parameters of the best validation epoch (as
+        :class:`~sklearn.neural_network.MLPClassifier` does).
     validation_fraction : float, default=0.1
         Share of the training texts held out when ``early_stopping``.
     batch_size : int or None, default=None

@@ -117,7 +117,7 @@ def _fused_adamw(module, learning_rate, device):
 def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight_decay,
                tol, n_iter_no_change, validation_set, verbose, desc):
     """AdamW until converged or ``max_iter`` steps; see :func:`fit_module`."""
-    from ._training import FitResult, objectives, weighted_log_loss
+    from ._training import FitResult, objectives
 
     device = train_set.y.device
     stacked = getattr(module, "n_models", None) is not None
@@ -158,9 +158,9 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
         if validation_set is not None:
             with torch.no_grad():
                 logits = module(validation_set.batch)
-                vloss = float(weighted_log_loss(logits, validation_set.y, validation_set.w))
                 val_scores.append(_accuracy(logits, validation_set.y, validation_set.w))
-            monitored = np.array([vloss])
+            # as MLPClassifier: the held-out accuracy, higher is better
+            monitored = np.array([-val_scores[-1]])
         improved, stopped = rule.update(monitored, rows)
         if validation_set is not None and improved[0]:
             best_val = val_scores[-1]

@@ -233,9 +233,9 @@ def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size
 
     ``max_iter`` counts optimizer steps for AdamW and iterations for L-BFGS.
     AdamW stops once a model's epoch objective (or, with ``validation_set``,
-    its validation log-loss) has not improved by ``tol`` for
-    ``n_iter_no_change`` epochs; ``n_iter_no_change=None`` runs ``max_iter``
-    steps. L-BFGS stops when the largest gradient entry is below ``tol``.
+    its held-out accuracy) has not improved by ``tol`` for more than
+    ``n_iter_no_change`` epochs in a row; ``n_iter_no_change=None`` runs
+    ``max_iter`` steps. L-BFGS stops when the largest gradient entry is below ``tol``.
     """
     from ._loops import adamw_loop, lbfgs_loop
 

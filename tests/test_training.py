@@ -113,10 +113,10 @@ def test_early_stopping_holds_out_texts_and_keeps_the_best_epoch(needle):
     scores = est.validation_scores_
     assert len(scores) == est.n_iter_ == len(est.loss_curve_)
     assert est.best_validation_score_ in scores
-    # stopped on the held-out loss, long before the training loss flattens
+    # stopped on the held-out accuracy, long before the training loss flattens
     assert est.n_iter_ < 3000
     # the kept parameters are those of the last epoch that improved the
-    # held-out loss: n_iter_no_change + 1 epochs before the end
+    # held-out accuracy: n_iter_no_change + 1 epochs before the end
     best_epoch = est.n_iter_ - est.n_iter_no_change - 1
     assert est.validation_scores_[best_epoch - 1] == est.best_validation_score_
     upto = AttentionProbeClassifier(n_heads=2, max_iter=best_epoch, learning_rate=5e-2,
