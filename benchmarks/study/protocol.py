@@ -131,7 +131,7 @@ def run_config(config):
     return row
 
 
-def run_configs(configs, n_jobs=2):
+def run_configs(configs, n_jobs=2, progress=True):
     """Run ``configs`` with joblib under whatever backend is active.
 
     The caller picks the backend (``joblib.parallel_config(backend="dask")``
@@ -139,10 +139,36 @@ def run_configs(configs, n_jobs=2):
     results come back in the order of ``configs``.
     """
     from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
 
     order = sorted(range(len(configs)), key=lambda i: -configs[i].cost)
-    rows = Parallel(n_jobs=n_jobs)(delayed(run_config)(configs[i]) for i in order)
+    jobs = (delayed(_indexed)(i, configs[i]) for i in order)
     out = [None] * len(configs)
-    for i, row in zip(order, rows):
-        out[i] = row
+    # a bar over the jobs as they finish, weighted by their expected cost so
+    # that its ETA means something when the long jobs go first
+    total = sum(c.cost for c in configs)
+    with tqdm(total=total, desc="study jobs", unit="", bar_format=_BAR,
+              disable=not progress) as bar:
+        for i, row in _unordered(Parallel, n_jobs, jobs):
+            out[i] = row
+            bar.update(configs[i].cost)
+            bar.set_postfix_str(f"{sum(r is not None for r in out)}/{len(out)} done, "
+                                f"last {configs[i].task} L{configs[i].layer} "
+                                f"{configs[i].method}", refresh=True)
     return out
+
+
+_BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
+
+
+def _indexed(i, config):
+    return i, run_config(config)
+
+
+def _unordered(parallel, n_jobs, jobs):
+    """Results as they finish (joblib >= 1.4), else in submission order."""
+    try:
+        runner = parallel(n_jobs=n_jobs, return_as="generator_unordered")
+    except (TypeError, ValueError):
+        runner = parallel(n_jobs=n_jobs)
+    return runner(jobs)
