@@ -2,14 +2,17 @@
 
 Measured side by side in one run, on this machine:
 
-1. time per AdamW step of ``AttentionProbeClassifier(n_heads=8)`` against a
-   direct implementation of the seed's pseudocode (``_direct.py``: pad to the
-   longest text, per-token values of shape tokens x heads x classes), for 10
-   classes and for a binary task, and their test accuracies after the same
-   number of steps from the same initialisation;
-2. the machine's memory bandwidth and GEMM throughput, and each step's time as
-   a fraction of the roofline (the larger of FLOPs / GEMM throughput and
-   bytes / bandwidth, with bytes = two reads of the real tokens);
+1. time per AdamW step of the 8-head, 10-class attention probe on 1,500 texts
+   x 16-128 tokens x d 384 (float32 input; float16 input computed in float32
+   and in float16), three ways in one run: this tree (the fused operator),
+   0.1.0 (run by ``--baseline-python``, another environment with 0.1.0
+   installed, on the same data saved to a ``.npz`` file) and a direct
+   implementation of the seed's pseudocode (``_direct.py``: pad to the
+   longest text, per-token values of shape tokens x heads x classes); each
+   step's time as a fraction of the two-read roofline (two reads of the real
+   tokens at the memory bandwidth measured in the same run);
+2. test accuracies of ours and the direct probe after the same number of
+   steps from the same initialisation, for 10 classes and a binary task;
 3. ``AttentionProbeClassifierCV`` (all 20 fold x weight-decay models in one
    batched pass) against ``GridSearchCV(n_jobs=1)`` over the same grid, and the
    pooled probes' CV classes against their GridSearchCV;
@@ -18,11 +21,14 @@ Measured side by side in one run, on this machine:
 5. bfloat16 / float16 compute: speed per step and accuracy on the planted tasks.
 
 Timings run one after another on one core (one torch thread; the roofline is
-measured with the same thread count), each the fastest of three runs, which
-keeps them readable on a shared machine; the accuracy runs of (5) are
-independent configurations and run joblib-parallel with one thread each.
+measured with the same thread count). The step times of (1) are medians over
+repeats, ours and 0.1.0 alternating in fresh subprocesses, so that load from
+other work on a shared machine hits both alike; the other timings are the
+fastest of three runs. The accuracy runs of (5) are independent
+configurations and run joblib-parallel with one thread each.
 
     python benchmarks/bench_speed.py [--out benchmarks/results] [--quick]
+        [--baseline-python /tmp/venv010/bin/python] [--sections steps,accuracy,...]
 """
 
 import argparse
@@ -31,6 +37,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +56,6 @@ from sklearn_attnprobe import (  # noqa: E402
     MeanProbeClassifierCV,
 )
 from sklearn_attnprobe._modules import init_values  # noqa: E402
-from sklearn_attnprobe._packing import length_buckets  # noqa: E402
 from sklearn_attnprobe.datasets import make_planted_task  # noqa: E402
 
 GRID = [0.0, 1e-3, 1e-2, 1e-1]
@@ -123,15 +129,122 @@ def direct_step(texts, y, H, C, steps=3):
     return best_of(run, steps)
 
 
-def step_flops_bytes(lengths, d, H, itemsize=4):
-    """FLOPs of one step of ours (4 GEMMs over the padded buckets) and the
-    minimal bytes (two reads of the real tokens)."""
-    padded = sum(len(b) * lengths[b].max() for b in length_buckets(lengths, 1.25, d))
-    return 8.0 * padded * d * H, 2.0 * lengths.sum() * d * itemsize
+# -- 1: ms per step, ours vs 0.1.0 vs direct, fraction of roofline ----------
+# Run by this interpreter and by the baseline's, with the working directory
+# outside the repository so that each imports its own installed package. Both
+# versions build the same module, pack the same data and time the same
+# full-batch AdamW step (forward, cross-entropy, penalty, backward, update).
+STEP_CHILD = r"""
+import json, sys, time, numpy as np, torch
+import torch.nn.functional as F
+torch.set_num_threads(1)
+import sklearn_attnprobe
+from sklearn_attnprobe import RaggedArray
+from sklearn_attnprobe._modules import AttentionProbeModule
+from sklearn_attnprobe._packing import pack
+path, steps, configs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+z = np.load(path)
+out = {"version": getattr(sklearn_attnprobe, "__version__", "?"),
+       "file": sklearn_attnprobe.__file__}
+for name, input_dtype, compute in configs:
+    X = RaggedArray(z["data"].astype(input_dtype), z["offsets"])
+    batch = pack(X, getattr(torch, compute), torch.device("cpu"))
+    module = AttentionProbeModule(X.d_model, 8, int(z["y"].max()) + 1,
+                                  generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        module.query.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+        module.slope.fill_(0.05)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.0)
+    y = torch.as_tensor(z["y"][batch.order])
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(module(batch), y) + module.penalty(1e-3)
+        loss.backward()
+        opt.step()
+    step(); step()  # warm-up (and compilation, where there is any)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    out[name] = times
+print(json.dumps(out))
+"""
+STEP_CONFIGS = [("float32 input", "float32", "float32"),
+                ("float16 input, float32 compute", "float16", "float32"),
+                ("float16 input, float16 compute", "float16", "float16")]
 
 
-# -- 1 and 2: one fit vs the direct formulation, roofline -------------------
-def single_fit_section(args, hw):
+def run_steps(python, path, steps, configs):
+    res = subprocess.run([python, "-c", STEP_CHILD, str(path), str(steps),
+                          json.dumps(configs)], capture_output=True, text=True,
+                         cwd=tempfile.gettempdir(), check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def step_section(args, hw):
+    X, y = make_planted_task("needle", n_texts=args.n_texts, d_model=args.d_model,
+                             n_classes=10, min_length=16, max_length=128, signal=8.0,
+                             random_state=0)
+    lengths = np.array([len(t) for t in X])
+    tokens, H, C = int(lengths.sum()), 8, 10
+    runs = {"ours": [sys.executable]}
+    if args.baseline_python:
+        runs["0.1.0"] = [args.baseline_python]
+    times = {impl: {} for impl in runs}
+    info = {}
+    bws = [hw["bandwidth"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data.npz"
+        np.savez(path, data=np.concatenate(X), y=np.asarray(y),
+                 offsets=np.concatenate([[0], np.cumsum(lengths)]))
+        for rep in range(args.step_repeats):  # alternate: load hits both alike
+            for impl, (python,) in runs.items():
+                configs = STEP_CONFIGS
+                if impl != "ours" and rep > 0:  # 0.1.0's float16 compute is ~1 s/step
+                    configs = STEP_CONFIGS[:2]
+                r = run_steps(python, path, args.steps_per_run, configs)
+                info[impl] = {"version": r.pop("version"), "file": r.pop("file")}
+                for name, ts in r.items():
+                    times[impl].setdefault(name, []).extend(ts)
+                print(rep, impl, {k: round(1e3 * float(np.median(v)), 1)
+                                  for k, v in r.items()}, flush=True)
+            bws.append(bandwidth())
+    t_direct = direct_step(X, y, H, C, steps=args.step_repeats)
+    bw = float(np.median(bws))
+    # FLOPs of the fused operator per real token: forward 2Hd, backward 3Hd
+    # multiply-adds (the logits recomputed)
+    flops = 2.0 * 5 * tokens * args.d_model * H
+    rows = []
+    for name, input_dtype, compute in STEP_CONFIGS:
+        itemsize = 2 if compute == "float16" else 4
+        roof = 2.0 * tokens * args.d_model * itemsize / bw
+        row = {"config": name, "input_dtype": input_dtype, "compute_dtype": compute,
+               "roofline_ms": 1e3 * roof, "direct_ms": 1e3 * t_direct}
+        for impl in runs:
+            if name in times[impl]:
+                med = float(np.median(times[impl][name]))
+                row[f"{impl}_ms"] = 1e3 * med
+                row[f"{impl}_n"] = len(times[impl][name])
+                row[f"{impl}_fraction_of_roofline"] = roof / med
+        if "0.1.0_ms" in row:
+            row["speedup_vs_0.1.0"] = row["0.1.0_ms"] / row["ours_ms"]
+            best = min(v for k, v in [(n, float(np.median(t))) for n, t in
+                                      times["0.1.0"].items()
+                                      if n.startswith(input_dtype)])
+            row["speedup_vs_best_0.1.0"] = 1e3 * best / row["ours_ms"]
+        row["speedup_vs_direct"] = row["direct_ms"] / row["ours_ms"]
+        rows.append(row)
+        print(row, flush=True)
+    return {"n_texts": args.n_texts, "d_model": args.d_model, "tokens": tokens,
+            "n_heads": H, "n_classes": C, "bandwidth_runs": bws, "bandwidth": bw,
+            "fused_gflop_per_step": flops / 1e9, "direct_repeats": args.step_repeats,
+            "compute_floor_ms": 1e3 * flops / hw["gemm_f32"],
+            "versions": info, "rows": rows}
+
+
+# -- 2: accuracy against the direct formulation --------------------------------
+def accuracy_section(args):
     rows = []
     for n_classes in (10, 2):
         # a strong needle, so that the short accuracy runs learn something
@@ -139,26 +252,16 @@ def single_fit_section(args, hw):
                                  n_classes=n_classes, min_length=16, max_length=128,
                                  signal=8.0, random_state=0)
         H, C = 8, (1 if n_classes == 2 else n_classes)
-        t_ours = ours_step(X, y, n_heads=H)
-        t_direct = direct_step(X, y, H, C)
-        flops, nbytes = step_flops_bytes(np.array([len(t) for t in X]), args.d_model, H)
-        roof = max(flops / hw["gemm_f32"], nbytes / hw["bandwidth"])
-        # equal accuracy: same init, same steps, test split
         Xa, Xb, ya, yb = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
         ours = AttentionProbeClassifier(n_heads=H, max_iter=args.acc_steps,
                                         random_state=0).fit(Xa, ya)
         xa, ma, la = _direct.padded(Xa)
         direct = _direct.train(direct_module(args.d_model, H, C), xa, ma, la, ya,
                                args.acc_steps, 1e-2)
-        rows.append({
-            "n_classes": n_classes, "n_texts": args.n_texts, "d_model": args.d_model,
-            "ours_ms_per_step": 1e3 * t_ours, "direct_ms_per_step": 1e3 * t_direct,
-            "speedup": t_direct / t_ours,
-            "roofline_ms": 1e3 * roof, "fraction_of_roofline": roof / t_ours,
-            "ours_test_acc": ours.score(Xb, yb),
-            "direct_test_acc": _direct.accuracy(direct, Xb, yb),
-            "acc_steps": args.acc_steps,
-        })
+        rows.append({"n_classes": n_classes, "n_texts": args.n_texts,
+                     "ours_test_acc": ours.score(Xb, yb),
+                     "direct_test_acc": _direct.accuracy(direct, Xb, yb),
+                     "acc_steps": args.acc_steps})
         print(rows[-1], flush=True)
     return rows
 
@@ -319,7 +422,7 @@ def plots(result, out):
     ax.loglog([r["tokens"] for r in s], [r["ours_ms"] for r in s], "o-", label="ours")
     ax.set_xlabel("real tokens")
     ax.set_ylabel("ms per AdamW step")
-    ax.set_title("8 heads, 10 classes, d_model %d" % result["single_fit"][0]["d_model"])
+    ax.set_title("8 heads, 10 classes")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "speed_time_per_step.png", dpi=120)
@@ -342,37 +445,70 @@ def markdown(result):
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
         f"({m['torch_threads']} threads); measured bandwidth "
         f"{hw['bandwidth'] / 1e9:.1f} GB/s, GEMM {hw['gemm_f32'] / 1e9:.0f} GFLOP/s "
-        f"float32, {hw['gemm_bf16'] / 1e9:.0f} GFLOP/s bfloat16.", "",
-        "| classes | ours ms/step | direct ms/step | speed-up | roofline ms | "
-        "fraction of roofline | ours acc | direct acc |", "|---|---|---|---|---|---|---|---|"]
-    for r in result["single_fit"]:
-        lines.append(
-            f"| {r['n_classes']} | {r['ours_ms_per_step']:.1f} | "
-            f"{r['direct_ms_per_step']:.1f} | {r['speedup']:.1f}x | {r['roofline_ms']:.1f} | "
-            f"{r['fraction_of_roofline']:.2f} | {r['ours_test_acc']:.3f} | "
-            f"{r['direct_test_acc']:.3f} |")
-    lines += ["", "| sweep | GridSearchCV s | CV class s | speed-up | same choice | "
-              "best CV score (GS / CV) |", "|---|---|---|---|---|---|"]
-    for name, r in result["sweep"].items():
-        if name == "stacked_vs_separate":
-            continue
-        lines.append(f"| {name} | {r['gridsearch_s']:.1f} | {r['cv_class_s']:.1f} | "
-                     f"{r['speedup']:.1f}x | {r['gridsearch_best'] == r['cv_best']} | "
-                     f"{r['gridsearch_best_score']:.3f} / {r['cv_best_score']:.3f} |")
-    lines += ["", "| input | compute | input MiB | peak growth MiB | growth / input | "
-              "padded-to-longest f32 MiB |", "|---|---|---|---|---|---|"]
-    for r in result["memory"]:
-        lines.append(f"| {r['input_dtype']} | {r['compute_dtype']} | {r['input_mib']:.0f} | "
-                     f"{r['peak_growth_mib']:.0f} | {r['growth_over_input']:.2f} | "
-                     f"{r['padded_to_longest_f32_mib']:.0f} |")
-    p = result["precision"]
-    lines += ["", "ms per step by compute dtype (float16 input): " + ", ".join(
-        f"{k} {v:.1f}" for k, v in p["ms_per_step"].items()), "",
-        "| task | compute | test acc | fit s |", "|---|---|---|---|"]
-    for r in p["accuracy"]:
-        lines.append(f"| {r['task']} | {r['compute_dtype']} | {r['test_acc']:.3f} | "
-                     f"{r['fit_s']:.1f} |")
+        f"float32, {hw['gemm_bf16'] / 1e9:.0f} GFLOP/s bfloat16."]
+    if "steps" in result:
+        st = result["steps"]
+        base = st["versions"].get("0.1.0")
+        lines += ["", f"ms per AdamW step, {st['n_heads']} heads, {st['n_classes']} "
+                  f"classes, {st['n_texts']} texts x 16-128 tokens ({st['tokens']} "
+                  f"tokens) x d {st['d_model']}, one thread; medians over "
+                  f"{st['rows'][0]['ours_n']} steps in alternating subprocesses; "
+                  f"bandwidth {st['bandwidth'] / 1e9:.1f} GB/s (median of "
+                  f"{len(st['bandwidth_runs'])} measurements in this run); direct: the "
+                  f"fastest of {st['direct_repeats']} steps in this process (which "
+                  f"favours it); the fused "
+                  f"operator's {st['fused_gflop_per_step']:.1f} GFLOP per step take "
+                  f"{st['compute_floor_ms']:.0f} ms at the GEMM rate"
+                  + (f"; 0.1.0 from {base['file']}" if base else "") + ".", "",
+                  "| input / compute | ours ms | 0.1.0 ms | direct ms | two-read "
+                  "roofline ms | ours / roofline | 0.1.0 / roofline | vs 0.1.0 "
+                  "(same compute) | vs 0.1.0 (its best, same input) | vs direct |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in st["rows"]:
+            def f(key, fmt="{:.1f}"):
+                return fmt.format(r[key]) if key in r else "-"
+            lines.append(
+                f"| {r['config']} | {f('ours_ms')} | {f('0.1.0_ms')} | "
+                f"{f('direct_ms')} | {f('roofline_ms')} | "
+                f"{f('ours_fraction_of_roofline', '{:.2f}')} | "
+                f"{f('0.1.0_fraction_of_roofline', '{:.2f}')} | "
+                f"{f('speedup_vs_0.1.0', '{:.1f}x')} | "
+                f"{f('speedup_vs_best_0.1.0', '{:.1f}x')} | "
+                f"{f('speedup_vs_direct', '{:.1f}x')} |")
+    if "accuracy" in result:
+        lines += ["", "| classes | ours acc | direct acc | steps |", "|---|---|---|---|"]
+        for r in result["accuracy"]:
+            lines.append(f"| {r['n_classes']} | {r['ours_test_acc']:.3f} | "
+                         f"{r['direct_test_acc']:.3f} | {r['acc_steps']} |")
+    if "sweep" in result:
+        lines += ["", "| sweep | GridSearchCV s | CV class s | speed-up | same choice | "
+                  "best CV score (GS / CV) |", "|---|---|---|---|---|---|"]
+        for name, r in result["sweep"].items():
+            if name == "stacked_vs_separate":
+                continue
+            lines.append(f"| {name} | {r['gridsearch_s']:.1f} | {r['cv_class_s']:.1f} | "
+                         f"{r['speedup']:.1f}x | {r['gridsearch_best'] == r['cv_best']} | "
+                         f"{r['gridsearch_best_score']:.3f} / {r['cv_best_score']:.3f} |")
+    if "memory" in result:
+        lines += ["", "| input | compute | input MiB | peak growth MiB | growth / input | "
+                  "padded-to-longest f32 MiB |", "|---|---|---|---|---|---|"]
+        for r in result["memory"]:
+            lines.append(f"| {r['input_dtype']} | {r['compute_dtype']} | "
+                         f"{r['input_mib']:.0f} | {r['peak_growth_mib']:.0f} | "
+                         f"{r['growth_over_input']:.2f} | "
+                         f"{r['padded_to_longest_f32_mib']:.0f} |")
+    if "precision" in result:
+        p = result["precision"]
+        lines += ["", "ms per step by compute dtype (float16 input): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in p["ms_per_step"].items()), "",
+            "| task | compute | test acc | fit s |", "|---|---|---|---|"]
+        for r in p["accuracy"]:
+            lines.append(f"| {r['task']} | {r['compute_dtype']} | {r['test_acc']:.3f} | "
+                         f"{r['fit_s']:.1f} |")
     return "\n".join(lines)
+
+
+SECTIONS = ("steps", "accuracy", "scaling", "sweep", "memory", "precision")
 
 
 def main(argv=None):
@@ -380,7 +516,13 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--baseline-python", default=None,
+                        help="python of an environment with 0.1.0 installed "
+                             "(e.g. /tmp/venv010/bin/python)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of " + ", ".join(SECTIONS))
     args = parser.parse_args(argv)
+    sections = args.sections.split(",")
     big = not args.quick
     args.n_texts = 1500 if big else 200
     args.d_model = 384 if big else 64
@@ -390,18 +532,22 @@ def main(argv=None):
     args.sweep_steps = 100 if big else 10
     args.memory_texts = 4000 if big else 300
     args.precision_texts = 600 if big else 150
+    args.step_repeats = 5 if big else 2
+    args.steps_per_run = 5 if big else 2
 
     torch.set_num_threads(1)
     hw = {"bandwidth": bandwidth(), "gemm_f32": gemm_throughput(torch.float32),
-          "gemm_bf16": gemm_throughput(torch.bfloat16)}
+          "gemm_bf16": gemm_throughput(torch.bfloat16, n=512)}
     print(hw, flush=True)
     start = time.perf_counter()
     result = {"machine": machine(), "hardware": hw}
-    result["single_fit"] = single_fit_section(args, hw)
-    result["scaling"] = scaling_section(args)
-    result["sweep"] = sweep_section(args)
-    result["memory"] = memory_section(args)
-    result["precision"] = precision_section(args)
+    run = {"steps": lambda: step_section(args, hw), "accuracy": lambda: accuracy_section(args),
+           "scaling": lambda: scaling_section(args), "sweep": lambda: sweep_section(args),
+           "memory": lambda: memory_section(args),
+           "precision": lambda: precision_section(args)}
+    for name in SECTIONS:
+        if name in sections:
+            result[name] = run[name]()
     result["total_s"] = time.perf_counter() - start
     table = markdown(result)
     print(table)
@@ -409,7 +555,8 @@ def main(argv=None):
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "speed.json").write_text(json.dumps(result, indent=2, default=str))
         (args.out / "speed.md").write_text(table + f"\n\nTotal {result['total_s']:.0f} s.\n")
-        plots(result, args.out)
+        if "scaling" in result and "sweep" in result:
+            plots(result, args.out)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ All functions take a block of ``k`` texts padded to ``T`` tokens:
 tokens, at least one per row: the packing never builds an empty text, so a
 fully masked softmax row cannot occur) and ``lengths`` of shape ``(k,)``.
 
+These are the reference implementation: the estimators train through the
+fused operator of :mod:`._fused` where it is available and fall back to these.
+
 Heads are a trailing axis everywhere. Several probes over the same activations
 (a "model" axis) fold into it: ``M`` models of ``H`` heads are ``M * H`` heads
 of :func:`attention_pool`, so stacking models is one wider GEMM, not a loop.
@@ -14,6 +17,7 @@ import torch
 
 __all__ = [
     "masked_softmax",
+    "position_dtype",
     "relative_positions",
     "attention_logits",
     "attention_pool",
@@ -37,7 +41,18 @@ def masked_softmax(logits, mask, padding=None):
 def _softmax_last(filled, dtype):
     if filled.dtype in (torch.float16, torch.bfloat16):
         return torch.softmax(filled, dim=-1, dtype=torch.float32).to(dtype)
-    return torch.softmax(filled, dim=-1)
+    return torch.softmax(filled, dim=-1).to(dtype)
+
+
+def position_dtype(dtype):
+    """dtype of the position term for a compute dtype: float32 for half precision.
+
+    bfloat16 holds integers exactly only up to 256 (float16 up to 2,048): in
+    it, the positions of a 2,000-token text would round to multiples of 8 and
+    its last tokens tie. Positions are therefore formed from integers and kept
+    in float32 (float64 for float64 blocks).
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def relative_positions(lengths, T, position, dtype):
@@ -47,17 +62,22 @@ def relative_positions(lengths, T, position, dtype):
     real token for ``"last"``, its first token for ``"first"``. A positive
     slope therefore favours tokens near the anchor, and a large one puts all
     the weight on it (last-token or first-token pooling).
+
+    Computed in integers, returned in :func:`position_dtype` of ``dtype``.
     """
-    t = torch.arange(T, device=lengths.device, dtype=dtype)[None, :]
+    t = torch.arange(T, device=lengths.device)[None, :]
+    out = position_dtype(dtype)
     if position == "last":
-        return t - (lengths[:, None] - 1).to(dtype)
+        return (t - (lengths[:, None].long() - 1)).to(out)
     if position == "first":
-        return (-t).expand(lengths.shape[0], T)
+        return (-t).to(out).expand(lengths.shape[0], T)
     raise ValueError(f"unknown position {position!r}")
 
 
 def attention_logits(x, lengths, query, slope=None, position=None, positions=None):
     """``(k, H, T)`` logits ``x_t @ q_h + slope_h * p_t``.
+
+    With a position term and half-precision ``x``, the logits are float32.
 
     Heads come before tokens so that the softmax runs over the contiguous
     last axis (a softmax over a strided middle axis is several times slower).
@@ -67,7 +87,11 @@ def attention_logits(x, lengths, query, slope=None, position=None, positions=Non
     if position is not None:
         p = positions if positions is not None else relative_positions(
             lengths, T, position, logits.dtype)
-        logits = torch.addcmul(logits, slope[None, :, None], p[:, None, :])  # one pass
+        # half precision: the position term (and the sum) in float32, so
+        # that the positions of long texts are not rounded
+        logits = logits.to(p.dtype)
+        logits = torch.addcmul(logits, slope.to(p.dtype)[None, :, None],
+                               p[:, None, :])  # one pass
     return logits
 
 

@@ -9,7 +9,15 @@ import math
 import torch
 from torch import nn
 
-from ._kernels import attention_logits, attention_pool, last_token_pool, mean_pool
+from ._fused import backend_for, fused_attention_pool
+from ._kernels import (
+    attention_logits,
+    attention_pool,
+    last_token_pool,
+    masked_softmax,
+    mean_pool,
+    position_dtype,
+)
 
 POSITIONS = ("last", "first", None)
 
@@ -60,13 +68,37 @@ class AttentionProbeModule(nn.Module):
         return 0.5 * weight_decay * ((self.query**2).sum() + (self.value**2).sum())
 
     def _kernel_args(self, block):
-        """Query, slope and positions in the block's dtype (half-precision
-        compute, float64 inspection: the parameters are cast, not the data)."""
+        """Query, slope and positions for the reference kernels in the block's
+        dtype (half-precision compute, float64 inspection: the parameters are
+        cast, not the data); slope and positions in :func:`position_dtype`."""
         dtype = block.x.dtype
         if self.position is None:
             return self.query.to(dtype), None, None
-        return (self.query.to(dtype), self.slope.to(dtype),
+        return (self.query.to(dtype), self.slope.to(position_dtype(dtype)),
                 block.positions(self.position, dtype))
+
+    def _fused(self, block):
+        """``(pooled, lse)`` through the fused operator, or None where it does
+        not apply (no backend for the block)."""
+        backend = backend_for(block.x)
+        if backend is None:
+            return None
+        slope = self.slope if self.position is not None else None
+        return fused_attention_pool(block.x, block.lengths, self.query, slope,
+                                    self.position, backend=backend)
+
+    def _pooled(self, block):
+        """``(k, H, d)`` pooled states for training and prediction: the fused
+        operator (no weights kept) where available, else the reference kernel."""
+        fused = self._fused(block)
+        if fused is not None:
+            return fused[0]
+        return self._reference_pool(block)[0]
+
+    def _reference_pool(self, block):
+        query, slope, positions = self._kernel_args(block)
+        return attention_pool(block.x, block.mask, block.lengths, query, slope,
+                              self.position, positions=positions, padding=block.padding())
 
     def attention_scores(self, block):
         """``(k, H, T)`` attention logits (position bias included) of one block."""
@@ -75,17 +107,27 @@ class AttentionProbeModule(nn.Module):
                                 positions=positions)
 
     def pool_block(self, block):
-        """``(k, H, d)`` pooled states and ``(k, H, T)`` weights of one block."""
-        query, slope, positions = self._kernel_args(block)
-        return attention_pool(block.x, block.mask, block.lengths, query, slope,
-                              self.position, positions=positions, padding=block.padding())
+        """``(k, H, d)`` pooled states and ``(k, H, T)`` weights of one block.
+
+        For inspection: the pooled states from the fused operator, the weights
+        a softmax of :meth:`attention_scores` (normalised exactly, float32 or
+        float64). Under autograd (gradients through the weights) the reference
+        kernel runs instead.
+        """
+        if torch.is_grad_enabled() and self.query.requires_grad:
+            return self._reference_pool(block)
+        fused = self._fused(block)
+        if fused is None:
+            return self._reference_pool(block)
+        scores = self.attention_scores(block).to(fused[0].dtype)
+        return fused[0], masked_softmax(scores, block.mask, block.padding())
 
     def forward(self, batch):
         outs = []
         H, d, C = self.value.shape
         value = self.value.reshape(H * d, C)
         for block in batch.blocks:
-            pooled, _ = self.pool_block(block)
+            pooled = self._pooled(block)
             outs.append(pooled.reshape(len(block), H * d).to(value.dtype) @ value)
         return torch.cat(outs) + self.bias
 
@@ -119,6 +161,10 @@ class StackedAttentionProbeModule(nn.Module):
         return self.query.shape[0]
 
     _kernel_args = AttentionProbeModule._kernel_args
+    _fused = AttentionProbeModule._fused
+    _pooled = AttentionProbeModule._pooled
+    _reference_pool = AttentionProbeModule._reference_pool
+    attention_scores = AttentionProbeModule.attention_scores
     pool_block = AttentionProbeModule.pool_block
 
     def penalty(self, weight_decay):
@@ -133,23 +179,10 @@ class StackedAttentionProbeModule(nn.Module):
         value = self.value.reshape(M, H * d, C)
         outs = []
         for block in batch.blocks:
-            pooled, _ = self.pool_block(block)  # (k, M * H, d)
+            pooled = self._pooled(block)  # (k, M * H, d)
             per_model = pooled.reshape(len(block), M, H * d).transpose(0, 1)
             outs.append(torch.bmm(per_model.to(value.dtype), value).transpose(0, 1))
         return torch.cat(outs) + self.bias
-
-    def model(self, m):
-        """Model ``m`` as a stand-alone :class:`AttentionProbeModule`."""
-        M, H, d, C = self.value.shape
-        single = AttentionProbeModule(d, H, C, position=self.position,
-                                      dtype=self.value.dtype)
-        cols = slice(m * H, (m + 1) * H)
-        with torch.no_grad():
-            single.query.copy_(self.query[:, cols])
-            single.slope.copy_(self.slope[cols])
-            single.value.copy_(self.value[m])
-            single.bias.copy_(self.bias[m])
-        return single.to(self.value.device)
 
 
 class LinearProbeModule(nn.Module):

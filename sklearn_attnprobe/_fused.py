@@ -1,0 +1,123 @@
+"""Fused attention pooling: one autograd operator, a backend per device.
+
+``fused_attention_pool(x, lengths, query, slope, position)`` returns the
+pooled states ``sum_t a_th x_t`` of a block and each head's log-sum-exp,
+never the ``(k, H, T)`` weights. Its backward pass recomputes the logits from
+the saved log-sum-exp and forms
+
+    dA_th = x_t . dpooled_h,    dlogit_th = a_th (dA_th - pooled_h . dpooled_h),
+    dQ = sum_t x_t dlogit_t,    dslope_h = sum_t dlogit_th p_t;
+
+nothing is differentiated with respect to ``x`` (the activations are data).
+
+Backends: numba kernels on CPU (:mod:`._fused_cpu`, :mod:`._fused_numba`), Triton on
+CUDA (:mod:`._triton_pool`). Half-precision activations are read as they are
+and accumulated in float32; float64 blocks accumulate in float64. Where no
+backend applies (numba or Triton not importable, ``x`` requiring grad, or
+``SKLEARN_ATTNPROBE_FUSED=0``), :func:`backend_for` returns None and callers
+use the reference kernels of :mod:`._kernels`.
+"""
+
+import os
+
+import torch
+
+_HALF = (torch.float16, torch.bfloat16)
+POSITION_CODES = {None: 0, "last": 1, "first": 2}
+_disabled = os.environ.get("SKLEARN_ATTNPROBE_FUSED", "1") == "0"
+
+
+def accumulation_dtype(dtype):
+    """float64 for float64 blocks, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _numba_backend():
+    try:
+        from . import _fused_cpu
+    except ImportError:  # numba missing or broken: the reference path
+        return None
+    return _fused_cpu
+
+
+def _triton_backend():
+    try:
+        from . import _triton_pool
+    except ImportError:
+        return None
+    return _triton_pool
+
+
+_BACKENDS = {"numba": _numba_backend, "triton": _triton_backend}
+_loaded = {}
+
+
+def load_backend(name):
+    """The backend module ``name`` ("numba" or "triton"), or None if unavailable."""
+    if name not in _loaded:
+        _loaded[name] = _BACKENDS[name]()
+    return _loaded[name]
+
+
+def backend_for(x):
+    """The backend that runs blocks like ``x``, or None for the reference path."""
+    if _disabled or x.requires_grad:
+        return None
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, *_HALF):
+        return load_backend("numba")
+    if x.device.type == "cuda" and x.dtype in (torch.float32, *_HALF):
+        return load_backend("triton")
+    return None
+
+
+class _FusedPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lengths, query, slope, code, backend):
+        pooled, lse = backend.forward(x, lengths, query, slope, code)
+        ctx.save_for_backward(x, lengths, query, slope, pooled, lse)
+        ctx.code, ctx.backend = code, backend
+        ctx.mark_non_differentiable(lse)
+        return pooled, lse
+
+    @staticmethod
+    def backward(ctx, dpooled, _dlse):
+        x, lengths, query, slope, pooled, lse = ctx.saved_tensors
+        if dpooled is None:
+            return None, None, None, None, None, None
+        dquery, dslope = ctx.backend.backward(x, lengths, query, slope, ctx.code,
+                                              pooled, lse, dpooled.contiguous())
+        if not ctx.code:
+            dslope = None
+        return None, None, dquery, dslope, None, None
+
+
+def fused_attention_pool(x, lengths, query, slope=None, position=None, backend=None):
+    """Pooled states and log-sum-exp of a block, through the fused operator.
+
+    Parameters
+    ----------
+    x : Tensor (k, T, d), float16, bfloat16, float32 or float64; padded
+        tokens are never read.
+    lengths : Tensor (k,) of int, each >= 1
+    query : Tensor (d, H)
+    slope : Tensor (H,) or None
+    position : {"last", "first"} or None
+    backend : module, optional
+        Defaults to :func:`backend_for(x) <backend_for>`, which must not be None.
+
+    Returns
+    -------
+    pooled : Tensor (k, H, d) in :func:`accumulation_dtype` of ``x``
+    lse : Tensor (k, H), the log-sum-exp of each head's logits over real tokens
+    """
+    backend = backend or backend_for(x)
+    if backend is None:
+        raise RuntimeError("no fused backend for this block; use _kernels.attention_pool")
+    acc = accumulation_dtype(x.dtype)
+    code = POSITION_CODES[position]
+    H = query.shape[1]
+    if slope is None or not code:
+        slope, code = torch.zeros(H, dtype=acc, device=x.device), 0
+    return _FusedPool.apply(x.contiguous(), lengths, query.to(acc), slope.to(acc),
+                            code, backend)
+
