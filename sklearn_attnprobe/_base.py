@@ -13,6 +13,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._packing import inverse_order
+from ._persistence import ProbePersistenceMixin
 from ._training import TrainingSet, fit_module, flush_denormal
 from ._validation import validate_ragged, validate_targets
 
@@ -83,7 +84,7 @@ def _validation_split(train_set, y_enc, fraction, seed):
     return train_set.split(fit_rows), train_set.split(val_rows)
 
 
-class BaseProbe(ClassifierMixin, BaseEstimator):
+class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
     """Base class of the probes; not for direct use."""
 
     _parameter_constraints = {

@@ -19,6 +19,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from scipy.stats import rankdata
 
 from ._base import BaseProbe, encode_labels
+from ._persistence import ProbePersistenceMixin
 from ._validation import validate_ragged, validate_targets
 
 
@@ -64,7 +65,7 @@ _SHARED = {
 }
 
 
-class _BaseProbeCV(ClassifierMixin, BaseEstimator):
+class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
     """Shared fit logic: folds, per-fold weights, scoring, cv_results_, refit."""
 
     _estimator_class = None

@@ -38,7 +38,13 @@ def resolve_probe(probe):
             pre = probe[:-1]
     if isinstance(final, AttentionProbeClassifierCV):
         check_is_fitted(final)
-        final = final._best()
+        best = getattr(final, "best_estimator_", None)
+        if best is None:
+            raise TypeError(
+                f"{type(final).__name__} was fitted with refit=False: it has no "
+                "best_estimator_ to inspect; refit it, or pass one of its models"
+            )
+        final = best
     elif isinstance(final, AttentionProbeClassifier):
         check_is_fitted(final)
     else:
@@ -109,7 +115,7 @@ def _block_stats(module, block):
 def iter_block_stats(est, source):
     """Yield ``(block, scores, weights, contributions)`` over a source."""
     module = est.module_
-    device = est._module_placement()[1]
+    device = next(module.parameters()).device  # where the fitted probe lives
     module.eval()
     with torch.no_grad(), flush_denormal():
         for block in iter_blocks(source, torch.float64, device,

@@ -134,12 +134,19 @@ class RaggedArray:
         ragged : RaggedArray
             A packed RaggedArray owning the new buffer.
         """
-        arrays = [np.asarray(a) for a in arrays]
+        from ._validation import unwrap_pandas
+
+        arrays = [np.asarray(a) for a in unwrap_pandas(arrays)]
         for i, a in enumerate(arrays):
             if a.ndim != 2:
                 raise ValueError(
                     f"text {i} has {a.ndim} dimension(s); each text must be a "
                     "2-D array of shape (n_tokens, d_model)"
+                )
+            if a.shape[1] != arrays[0].shape[1]:
+                raise ValueError(
+                    f"text {i} has d_model={a.shape[1]} but text 0 has "
+                    f"d_model={arrays[0].shape[1]}; all texts must share d_model"
                 )
         if not arrays:
             raise ValueError("cannot build a RaggedArray from an empty list")
@@ -151,28 +158,65 @@ class RaggedArray:
         return cls(data, offsets)
 
     @classmethod
-    def from_padded(cls, X, lengths):
-        """Pack a padded ``(n, T, d)`` array, keeping ``lengths[i]`` tokens of text i.
+    def from_padded(cls, X, lengths=None, *, mask=None):
+        """Pack a padded ``(n, T, d)`` array, keeping only each text's real tokens.
 
-        Tokens are taken from the start of each row (right padding).
+        Give either the number of real tokens of each row (``lengths``, the
+        tokens are taken from the start of the row: right padding) or the
+        batch's ``(n, T)`` attention mask (``mask``, or as the second
+        positional argument). A mask row must be ones then zeros (right
+        padding) or zeros then ones (left padding, as decoder-only batches
+        are often padded); the masked tokens are kept in order. A row with
+        ones on both sides of a zero, or a run of ones in the middle, raises:
+        it is not padding.
 
         Parameters
         ----------
         X : array-like of shape (n_texts, T, d_model)
-            Right-padded activations, e.g. a batch's hidden states.
-        lengths : array-like of int of shape (n_texts,)
-            Number of real tokens of each row, at most ``T``; for a
-            transformers batch, ``attention_mask.sum(axis=1)``.
+            Padded activations, e.g. a batch's hidden states.
+        lengths : array-like of int of shape (n_texts,), or of shape (n_texts, T)
+            Number of real tokens of each row, at most ``T``, for right
+            padding (for a transformers batch,
+            ``attention_mask.sum(axis=1)``). A 2-D array here is taken as
+            ``mask``.
+        mask : array-like of bool or {0, 1} of shape (n_texts, T), default=None
+            Attention mask: 1 for real tokens, 0 for padding.
 
         Returns
         -------
         ragged : RaggedArray
             A packed RaggedArray holding only the real tokens.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_attnprobe import RaggedArray
+        >>> X = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+        >>> mask = np.array([[1, 1, 0], [0, 1, 1]])   # right- and left-padded
+        >>> RaggedArray.from_padded(X, mask).to_list()[1]
+        array([[ 8.,  9.],
+               [10., 11.]], dtype=float32)
         """
         X = np.asarray(X)
         if X.ndim != 3:
             raise ValueError(f"from_padded expects a 3-D array; got shape {X.shape}")
-        lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        if lengths is not None and mask is not None:
+            raise ValueError("give lengths or mask, not both")
+        if lengths is None and mask is None:
+            raise ValueError("from_padded needs lengths (n_texts,) or mask (n_texts, T)")
+        if mask is None and np.ndim(lengths) == 2 and (
+                np.shape(lengths)[1] != 1 or X.shape[1] == 1):
+            lengths, mask = None, lengths  # an (n, T) attention mask
+        if mask is not None:
+            return cls._from_mask(X, mask)
+        lengths = np.asarray(lengths)
+        if lengths.ndim > 2 or (lengths.size and lengths.dtype.kind not in "iub"):
+            raise ValueError(
+                f"lengths must be integers of shape ({X.shape[0]},), or pass an "
+                f"(n_texts, T) attention mask; got shape {lengths.shape}, dtype "
+                f"{lengths.dtype}"
+            )
+        lengths = lengths.astype(np.int64).reshape(-1)
         if lengths.shape[0] != X.shape[0]:
             raise ValueError(
                 f"lengths has {lengths.shape[0]} entries but X has {X.shape[0]} rows"
@@ -181,6 +225,37 @@ class RaggedArray:
             raise ValueError(f"lengths must lie in [0, {X.shape[1]}]")
         keep = np.arange(X.shape[1])[None, :] < lengths[:, None]
         data = X[keep]  # row-major boolean selection keeps text order
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        return cls(data, offsets)
+
+    @classmethod
+    def _from_mask(cls, X, mask):
+        if hasattr(mask, "detach"):  # torch tensor
+            mask = mask.detach().cpu().numpy()
+        mask = np.asarray(mask)
+        n, T = X.shape[:2]
+        if mask.shape != (n, T):
+            raise ValueError(
+                f"mask has shape {mask.shape} but X has shape {X.shape}; the "
+                f"attention mask must be ({n}, {T})"
+            )
+        if mask.dtype != bool:
+            if mask.dtype.kind not in "iuf" or not np.isin(mask, (0, 1)).all():
+                raise ValueError("mask must be boolean or hold only 0 and 1")
+            mask = mask.astype(bool)
+        lengths = mask.sum(axis=1).astype(np.int64)
+        first = np.where(lengths > 0, np.argmax(mask, axis=1), 0)
+        pos = np.arange(T)[None, :]
+        run = (pos >= first[:, None]) & (pos < (first + lengths)[:, None])
+        padded_once = (first == 0) | (first + lengths == T)
+        bad = np.flatnonzero(~(run == mask).all(axis=1) | ~padded_once)
+        if bad.size:
+            raise ValueError(
+                f"mask row {int(bad[0])} ({bad.size} row(s) in all) is not padding: "
+                "each row must be ones then zeros (right padding) or zeros then "
+                "ones (left padding)"
+            )
+        data = X[mask]  # row-major: texts in order, tokens in order
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         return cls(data, offsets)
 

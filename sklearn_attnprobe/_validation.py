@@ -5,6 +5,9 @@ Accepted forms of ``X`` (one entry per text):
 * a list / tuple / 1-D object array of 2-D ``(T_i, d_model)`` arrays;
 * a :class:`~sklearn_attnprobe.RaggedArray`;
 * a 3-D array ``(n_texts, T, d_model)`` (all texts of length ``T``);
+* a pandas Series (or a one-column DataFrame, e.g. ``df[["acts"]]``) whose
+  cells are the per-text arrays; its values are taken in row order, the index
+  is ignored;
 * a 2-D array-like ``(n_texts, d_model)`` (texts of one token). This form goes
   through :func:`sklearn.utils.validation.validate_data`, so DataFrames,
   feature names and scikit-learn's error messages work as for any estimator.
@@ -110,12 +113,38 @@ def _text_list(X):
     return texts
 
 
+def _is_array_cell(value):
+    return hasattr(value, "shape") and hasattr(value, "dtype") or isinstance(
+        value, (list, tuple))
+
+
+def unwrap_pandas(X):
+    """A Series, or a one-column DataFrame, of per-text arrays -> a list of them.
+
+    Anything else (a numeric DataFrame is the 2-D form, with feature names) is
+    returned as is.
+    """
+    if not hasattr(X, "iloc") or not hasattr(X, "dtypes"):
+        return X
+    if getattr(X, "ndim", None) == 2:
+        if X.shape[1] != 1 or X.shape[0] == 0 or X.dtypes.iloc[0] != object:
+            return X
+        X = X.iloc[:, 0]
+    if getattr(X, "ndim", None) != 1 or X.dtype != object:
+        return X
+    values = list(X.to_numpy())
+    if values and all(_is_array_cell(v) for v in values):
+        return values
+    return X
+
+
 def as_text_source(X):
     """Convert any accepted form of X to a ``RaggedArray`` or ``TextList``.
 
     Returns ``(source, is_2d)``; ``is_2d`` marks the ``(n_texts, d_model)``
     form, which callers validate through scikit-learn instead.
     """
+    X = unwrap_pandas(X)
     if isinstance(X, RaggedArray):
         _float_dtype(X.dtype, "X")
         if X.d_model == 0:
@@ -157,6 +186,7 @@ def validate_ragged(estimator, X, *, reset):
     Sets (``reset=True``) or checks ``n_features_in_`` (= d_model) and
     ``feature_names_in_`` the way :func:`validate_data` does.
     """
+    X = unwrap_pandas(X)
     source, is_2d = as_text_source(X)
     if is_2d:
         X2 = validate_data(

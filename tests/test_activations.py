@@ -223,6 +223,41 @@ def test_drop_first_token(zoo):
         assert_allclose(dropped[i], full[i][1:], rtol=1e-4, atol=1e-5)
 
 
+def test_drop_first_token_special_keeps_real_words(zoo):
+    """"special" drops a BOS (llama's tokenizer here) and keeps the first word of
+    a tokenizer that adds none (gpt2's here, like SmolLM2's GGUF tokenizer),
+    where True would drop the word."""
+    from sklearn_attnprobe.activations import token_strings
+
+    texts = _texts(6, seed=4, lo=2)
+    for kind, expect_drop in (("llama", True), ("gpt2", False), ("bert", True)):
+        model, tok = zoo[kind]
+        full = extract_activations(model, tok, texts, dtype="float32")
+        special = extract_activations(model, tok, texts, dtype="float32",
+                                      drop_first_token="special")
+        assert_array_equal(special.lengths, full.lengths - int(expect_drop))
+        for i in range(len(texts)):
+            assert_allclose(special[i], full[i][int(expect_drop):], rtol=1e-4, atol=1e-5)
+        tokens, dropped = token_strings(tok, texts, drop_first_token="special",
+                                        return_dropped=True)
+        assert [len(t) for t in tokens] == list(special.lengths)
+        first = {"llama": "<s>", "bert": "[CLS]"}.get(kind)
+        assert dropped == [first] * len(texts)
+        # True drops whatever comes first: a real word for gpt2's tokenizer
+        tokens, dropped = token_strings(tok, texts, drop_first_token=True,
+                                        return_dropped=True)
+        assert all(d is not None for d in dropped)
+        if kind == "gpt2":
+            assert dropped == [t.split()[0] for t in texts]
+    # the transformer takes the option too, and its cache key tells them apart
+    model, tok = zoo["gpt2"]
+    a = TransformerActivations(model, tok, drop_first_token="special", dtype="float32")
+    b = TransformerActivations(model, tok, drop_first_token=True, dtype="float32")
+    assert_array_equal(a.transform(texts).lengths - 1, b.transform(texts).lengths)
+    with pytest.raises(ValueError, match=r"drop_first_token must be True, False or 'special'"):
+        extract_activations(model, tok, texts, drop_first_token="bos")
+
+
 def test_max_length_truncates(zoo):
     model, tok = zoo["llama"]  # causal: a truncated text is a prefix
     texts = _texts(9, seed=5, lo=4, hi=14)
@@ -543,24 +578,125 @@ def test_pipeline_grid_search_from_raw_texts(zoo, tmp_path):
     assert _folders(tmp_path)  # the on-disk cache was used too
 
 
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_extraction_leaves_no_hooks_and_a_picklable_model(zoo, kind):
+    """Hidden states come from forward pre-hooks removed through their handles;
+    the model is never asked for output_hidden_states, so transformers installs
+    none of its own capture hooks and a used model pickles as it is."""
+    _, tok = zoo[kind]
+    model = _model(kind, len(tok))  # fresh: not run with output_hidden_states
+    assert _hooks(model) == 0
+    est = TransformerActivations(model, tok, layer=[0, 1, 2], memory_cache=False,
+                                 dtype="float32")
+    ref = est.transform(_texts(4, seed=16))
+    assert _hooks(model) == 0
+    assert not any(getattr(m, "_output_capturing_hooks_installed", False)
+                   for m in model.modules())
+    twin = pickle.loads(pickle.dumps(est))
+    assert_array_equal(twin.transform(_texts(4, seed=16)).data, ref.data)
+
+
+def test_hidden_states_match_output_hidden_states(zoo):
+    """The pre-hook reading equals transformers' own hidden_states at every index."""
+    from sklearn_attnprobe.activations._encoder import Encoder
+
+    for kind in ("bert", "gpt2", "llama"):
+        model, tok = zoo[kind]
+        enc = Encoder(model, tok, layers=[0, 1, 2], dtype="float32")
+        assert enc.stack is not None  # the hook path, not the fallback
+        text = _texts(1, seed=21, lo=5)[0]
+        got = extract_activations(model, tok, [text], layers=[0, 1, 2], dtype="float32",
+                                  progress=False)
+        for g, r in zip(got, _reference(model, tok, text, [0, 1, 2])):
+            assert_allclose(g[0], r, rtol=1e-5, atol=1e-5)
+
+
+def test_fallback_without_a_block_stack(zoo, monkeypatch):
+    """A model whose blocks are not found runs with output_hidden_states=True
+    (the version-specific path in _hf_compat) and gives the same states."""
+    from sklearn_attnprobe.activations import _hf_compat
+
+    model, tok = zoo["gpt2"]
+    texts = _texts(3, seed=22)
+    ref = extract_activations(model, tok, texts, layers=[1, 2], dtype="float32",
+                              progress=False)
+    monkeypatch.setattr(_hf_compat, "find_layer_stack", lambda net, n: None)
+    got = extract_activations(model, tok, texts, layers=[1, 2], dtype="float32",
+                              progress=False)
+    for g, r in zip(got, ref):
+        assert_allclose(g.data, r.data, rtol=1e-5, atol=1e-5)
+    assert _hf_compat.remove_capture_hooks(model) is False  # already removed
+
+
+def test_hf_compat_version_gates(monkeypatch):
+    from sklearn_attnprobe.activations import _hf_compat
+
+    v = _hf_compat.transformers_version()
+    assert v == tuple(int(x) for x in transformers.__version__.split(".")[:2])
+    assert _hf_compat._has_output_capturing() == (v >= (5, 0))
+    # on transformers 4 the workarounds do nothing and all states are requested
+    monkeypatch.setattr(_hf_compat, "transformers_version", lambda: (4, 57))
+    assert _hf_compat._has_output_capturing() is False
+    assert _hf_compat.hidden_states_request([1, 2]) is True
+    assert _hf_compat.remove_capture_hooks(torch.nn.Linear(2, 2)) is False
+    _hf_compat.ensure_capture_registry(torch.nn.Linear(2, 2))
+
+
 def test_pickle_and_fresh_process(zoo):
-    """A used model stays picklable, and an unpickled one still returns hidden
-    states where transformers' per-process registry lacks its class (a joblib
-    worker that never built the model, as in GridSearchCV(n_jobs=2))."""
+    """An unpickled model still returns hidden states where transformers' per-process
+    registry lacks its class (a joblib worker that never built the model, as in
+    GridSearchCV(n_jobs=2)): the pre-hooks need no registry."""
     oc = pytest.importorskip("transformers.utils.output_capturing")
     if not hasattr(oc, "_CAN_RECORD_REGISTRY"):
         pytest.skip("this transformers has no output-capturing registry")
-    model, tok = zoo["bert"]
+    _, tok = zoo["bert"]
+    model = _model("bert", len(tok))
     texts = _texts(4, seed=16)
     est = TransformerActivations(model, tok, memory_cache=False)
     ref = est.transform(texts)
-    twin = pickle.loads(pickle.dumps(est))  # fails if capture hooks were left
+    twin = pickle.loads(pickle.dumps(est))
     saved = dict(oc._CAN_RECORD_REGISTRY)
     oc._CAN_RECORD_REGISTRY.clear()
     try:
         assert_array_equal(twin.transform(texts).data, ref.data)
+        # and the extraction wrote nothing into transformers' private registry
+        assert len(oc._CAN_RECORD_REGISTRY) == 0
     finally:
         oc._CAN_RECORD_REGISTRY.update(saved)
+
+
+def test_fingerprint_sees_one_weight_deep_inside_a_tensor():
+    from sklearn_attnprobe.activations._cache import model_fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(300, 500), torch.nn.Linear(500, 4))
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    with torch.no_grad():
+        model[0].weight[217, 123] += 1e-3  # not in the first values nor the sample
+    after = model_fingerprint(model)
+    assert after["weights"] != before["weights"]
+    with torch.no_grad():
+        model[0].weight[217, 123] -= 1e-3
+        w = model[0].weight
+        w[[10, 11]] = w[[11, 10]]  # two rows swapped: same sums, other positions
+    assert model_fingerprint(model)["weights"] not in (before["weights"], after["weights"])
+
+
+def test_fingerprint_never_uses_the_object_id():
+    from sklearn_attnprobe.activations._cache import model_fingerprint
+
+    a = torch.nn.Linear(3, 2)
+    b = pickle.loads(pickle.dumps(a))  # same weights, another object
+    assert model_fingerprint(a) == model_fingerprint(b)
+    meta = torch.nn.Linear(3, 2, device="meta")  # values cannot be read
+    fp = model_fingerprint(meta)
+    assert fp == model_fingerprint(meta)  # stable for the object ...
+    assert fp != model_fingerprint(torch.nn.Linear(3, 2, device="meta"))  # ... unique
 
 
 def test_package_imports_without_transformers():

@@ -249,16 +249,16 @@ def test_control_characters_are_shown_escaped():
 
 def test_bad_input(binary):
     X, y, probe = binary
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="AttentionProbeClassifier instance is not fitted"):
         max_activating_examples(AttentionProbeClassifier(), X)
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="is not fitted yet"):
         token_contributions(make_pipeline(ActivationScaler(), AttentionProbeClassifier()), X)
     mean = MeanProbeClassifier().fit(X, y)
     with pytest.raises(TypeError, match="AttentionProbeClassifier"):
         max_activating_examples(mean, X)
     with pytest.raises(TypeError, match="last step"):
         max_activating_examples(make_pipeline(ActivationScaler(), LogisticRegression()), X)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"probe must be a fitted .*; got str"):
         token_contributions("probe", X)
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="n_examples"):
@@ -277,7 +277,7 @@ def test_bad_input(binary):
     tokens[3] = tokens[3][:-1]
     with pytest.raises(ValueError, match=r"text 3 has \d+ token\(s\) in X but tokens\[3\]"):
         max_activating_examples(probe, X, tokens)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"tokens must be a list .* not a single string"):
         max_activating_examples(probe, X, "a b c")
     with pytest.raises(ValueError, match="features"):
         max_activating_examples(probe, [x[:, :5] for x in X])
@@ -296,3 +296,39 @@ def test_short_texts_and_few_tokens():
     one = max_activating_examples(probe, X, n_examples=50)
     assert sorted(e.text for e in one.attention[0]) == [0, 1, 2, 3]
     assert "..." not in found.to_text()
+
+
+def test_inspection_uses_only_public_estimator_api(binary, monkeypatch):
+    """Inspection reads ``module_`` and ``best_estimator_``, never the probes'
+    private helpers (``_module_placement``, ``_best``)."""
+    from sklearn_attnprobe import AttentionProbeClassifierCV
+    from sklearn_attnprobe._cv_base import _BaseProbeCV
+    from sklearn_attnprobe._base import BaseProbe
+
+    X, y, probe = binary
+    expected = max_activating_examples(probe, X, n_examples=5).to_text()
+    cv = AttentionProbeClassifierCV(n_heads=2, cv=2, weight_decays=(0.0,), max_iter=20,
+                                    random_state=0).fit(X[:60], y[:60])
+
+    def private(*args, **kwargs):
+        raise AssertionError("inspection called a private estimator method")
+
+    for cls, name in ((BaseProbe, "_module_placement"), (_BaseProbeCV, "_best")):
+        if hasattr(cls, name):
+            monkeypatch.setattr(cls, name, private)
+    assert max_activating_examples(probe, X, n_examples=5).to_text() == expected
+    via_cv = max_activating_examples(cv, X[:60], n_examples=3).to_text()
+    monkeypatch.undo()
+    assert via_cv == max_activating_examples(cv.best_estimator_, X[:60],
+                                             n_examples=3).to_text()
+    token_contributions(cv, X[:5])
+
+
+def test_inspection_of_a_cv_probe_without_refit(binary):
+    from sklearn_attnprobe import AttentionProbeClassifierCV
+
+    X, y, _ = binary
+    cv = AttentionProbeClassifierCV(cv=2, weight_decays=(0.0,), max_iter=5, refit=False,
+                                    random_state=0).fit(X[:40], y[:40])
+    with pytest.raises(TypeError, match=r"refit=False: it has no best_estimator_"):
+        max_activating_examples(cv, X[:40])

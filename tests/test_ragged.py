@@ -399,8 +399,61 @@ def test_from_list_errors():
         RaggedArray.from_list([np.zeros((2, 3)), np.zeros(3)])
     with pytest.raises(ValueError, match="text 0 has 3 dimension"):
         RaggedArray.from_list([np.zeros((1, 2, 3))])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"text 1 has d_model=4 but text 0 has d_model=3"):
         RaggedArray.from_list([np.zeros((2, 3)), np.zeros((2, 4))])
+
+
+@pytest.mark.parametrize("as_type", [bool, np.int64, np.float32, "torch"])
+def test_from_padded_accepts_an_attention_mask(texts, X, as_type):
+    padded, mask = X.to_padded()  # to_padded's own mask goes straight back in
+    if as_type == "torch":
+        torch = pytest.importorskip("torch")
+        mask = torch.as_tensor(mask.astype(np.int64))
+    else:
+        mask = mask.astype(as_type)
+    for back in (RaggedArray.from_padded(padded, mask),
+                 RaggedArray.from_padded(padded, mask=mask)):
+        np.testing.assert_array_equal(back.lengths, X.lengths)
+        _assert_same_texts(back, texts)
+
+
+def test_from_padded_mask_of_a_left_padded_batch(texts):
+    # decoder-only batches are often padded on the left: the masked tokens,
+    # in order, are the text
+    lengths = [len(t) for t in texts]
+    T, d = max(lengths), texts[0].shape[1]
+    padded = np.full((len(texts), T, d), -7.0)
+    mask = np.zeros((len(texts), T), dtype=np.int64)
+    for i, t in enumerate(texts):
+        padded[i, T - len(t):] = t
+        mask[i, T - len(t):] = 1
+    back = RaggedArray.from_padded(padded, mask)
+    _assert_same_texts(back, texts)
+    assert not (back.data == -7.0).any()
+
+
+def test_from_padded_mask_errors():
+    P = np.zeros((2, 4, 3))
+    for mask in ([[1, 0, 1, 0], [1, 1, 1, 1]],   # a hole
+                 [[0, 1, 1, 0], [1, 1, 1, 1]]):  # padded on both sides
+        with pytest.raises(ValueError, match=r"mask row 0 \(1 row\(s\) in all\) is not padding"):
+            RaggedArray.from_padded(P, np.array(mask))
+    with pytest.raises(ValueError, match=r"only 0 and 1"):
+        RaggedArray.from_padded(P, np.array([[2, 1, 0, 0], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 3\) but X has shape \(2, 4, 3\)"):
+        RaggedArray.from_padded(P, mask=np.ones((2, 3)))
+    with pytest.raises(ValueError, match="not both"):
+        RaggedArray.from_padded(P, [1, 1], mask=np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"needs lengths \(n_texts,\) or mask"):
+        RaggedArray.from_padded(P)
+    with pytest.raises(ValueError, match="lengths must be integers"):
+        RaggedArray.from_padded(P, [1.5, 2.0])
+
+
+def test_from_padded_lengths_column_still_means_lengths():
+    P = np.arange(24.0).reshape(2, 4, 3)
+    back = RaggedArray.from_padded(P, np.array([[1], [3]]))
+    np.testing.assert_array_equal(back.lengths, [1, 3])
 
 
 def test_from_padded_errors():

@@ -24,7 +24,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from joblib import Parallel, delayed, parallel_config
+from joblib import Parallel, cpu_count, delayed, parallel_config
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
@@ -319,7 +319,17 @@ def test_joblib_workers_fit_bit_identical(needle, tmp_path):
     assert not np.array_equal(other, local)
 
 
-def test_joblib_workers_one_torch_thread(needle, tmp_path):
+def _joblib_inner_threads(n_jobs):
+    """The torch threads of a loky worker: joblib sets OMP_NUM_THREADS (read by
+    torch at start-up) to ``cpu_count() // n_jobs``, at least 1, unless the
+    parent already has it set."""
+    return int(os.environ.get("OMP_NUM_THREADS", max(cpu_count() // n_jobs, 1)))
+
+
+def test_joblib_workers_do_not_oversubscribe(needle, tmp_path):
+    """What holds on any host: each of the ``n_jobs`` workers runs joblib's
+    share of the cores (1 on a 2-core machine, 8 on a 16-core one), and a fit
+    neither raises nor resets that count."""
     _, X, y = needle
     est = _attn(max_iter=5, callbacks=[RecordThreads()])
     results = Parallel(n_jobs=2)(
@@ -327,10 +337,30 @@ def test_joblib_workers_one_torch_thread(needle, tmp_path):
     )
     assert all(r["met"] for r in results)
     assert len({r["pid"] for r in results}) == 2
+    expected = _joblib_inner_threads(2)
     for r in results:
-        assert r["threads_before"] == 1
-        assert r["threads"] == 1
-        assert r["threads_in_fit"] == [1] * 5
+        assert r["threads_before"] == expected
+        assert r["threads"] == expected
+        assert r["threads_in_fit"] == [expected] * 5
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert sum(r["threads"] for r in results) <= max(cpu_count(), 2)
+
+
+@pytest.mark.parametrize("inner", [1, 2])
+def test_joblib_workers_inner_max_num_threads(needle, tmp_path, inner):
+    """One torch thread per worker on any core count: ask joblib for it."""
+    _, X, y = needle
+    est = _attn(max_iter=5, callbacks=[RecordThreads()])
+    (tmp_path / str(inner)).mkdir()
+    with parallel_config(backend="loky", inner_max_num_threads=inner):
+        results = Parallel(n_jobs=2)(
+            delayed(_fit_in_worker)(est, X, y, str(tmp_path / str(inner)), rank, 2)
+            for rank in range(2)
+        )
+    assert all(r["met"] for r in results)
+    for r in results:
+        assert r["threads_before"] == r["threads"] == inner
+        assert r["threads_in_fit"] == [inner] * 5
 
 
 # -- 8. pickle and clone --------------------------------------------------------------

@@ -6,6 +6,7 @@ activations, and the whole command end to end on a tiny random model.
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,7 +97,28 @@ def test_head_to_head_counts():
     assert "| a | 2 | 1 |" in table and "**0.900**" in table
 
 
-def test_command_end_to_end_on_a_tiny_model(tmp_path):
+def test_default_output_folder_is_outside_the_tracked_results(tmp_path):
+    import subprocess
+
+    from benchmarks.study.run import RESULTS, parse_args
+
+    quick, full = parse_args(["--quick"]), parse_args([])
+    assert quick.out != full.out
+    repo = Path(__file__).resolve().parent.parent
+    for args in (quick, full):
+        out = (repo / args.out).resolve()  # relative: the folder the command runs in
+        assert RESULTS.resolve() not in (out, *out.parents)
+        assert args.cache == args.out / "cache"
+        # ignored by git when run from the repository root
+        rel = out.relative_to(repo) / "results.csv"
+        done = subprocess.run(["git", "check-ignore", "-q", str(rel)], cwd=repo)
+        if done.returncode == 128:
+            pytest.skip("not a git checkout")
+        assert done.returncode == 0, f"{rel} is not ignored by git"
+    assert parse_args(["--out", str(tmp_path)]).out == tmp_path
+
+
+def test_command_end_to_end_on_a_tiny_model(tmp_path, capsys):
     """``python -m benchmarks.study`` with every output, on a tiny random model."""
     pytest.importorskip("transformers")
     pytest.importorskip("matplotlib")
@@ -111,6 +133,15 @@ def test_command_end_to_end_on_a_tiny_model(tmp_path):
     argv = ["--model", "tiny-random", "--tasks", name, "--n-per-class", "10",
             "--max-iter", "15", "--n-jobs", "2", "--out", str(tmp_path)]
     rows = main(argv)
+    printed = capsys.readouterr().out
+    # the closing lines name every file the run wrote (the cache apart)
+    listed = printed[printed.index(f"files in {tmp_path}/:"):].splitlines()[1:]
+    listed = {line.strip() for line in listed if line.startswith("  ")}
+    on_disk = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+               if p.is_file() and "cache" not in p.relative_to(tmp_path).parts}
+    assert listed == on_disk
+    assert f"wrote {len(on_disk)} files" in printed
+    assert f"activation cache (a rerun skips the model): {tmp_path / 'cache'}/" in printed
     n_layers, n_methods = 2, 6
     assert len(rows) == n_layers * n_methods
     with open(tmp_path / "results.csv") as fh:

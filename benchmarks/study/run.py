@@ -30,7 +30,10 @@ from .models import DEFAULT_LAYERS, MODELS, load_model
 from .protocol import METHODS, Config, run_configs
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE.parent / "results"
+RESULTS = HERE.parent / "results"  # the committed results (--out to rewrite them)
+# where a run writes unless told otherwise: outside the tracked results, in
+# the current folder (ignored by git), one subfolder per kind of run
+DEFAULT_OUT = Path("study-results")
 # texts per class in the study (default run): sized so that the whole study,
 # 2 layers x 6 methods x 5 tasks, runs in about half an hour on 2 CPU cores
 STUDY_PER_CLASS = {"bbc_topic": 80, "natural_language": 50, "code_language": 40,
@@ -68,7 +71,9 @@ def parse_args(argv=None):
                    "model runs on cuda too when it is not cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default benchmarks/results/study[_quick])")
+                   help="output folder (default ./study-results/quick with --quick, "
+                   "else ./study-results/full; --out benchmarks/results/study "
+                   "rewrites the committed results)")
     p.add_argument("--cache", type=Path, default=None,
                    help="activation cache (default <out>/cache)")
     args = p.parse_args(argv)
@@ -78,7 +83,7 @@ def parse_args(argv=None):
         layers = DEFAULT_LAYERS[args.model]
         args.layers = list(layers[:1] if args.quick else layers)
     if args.out is None:
-        args.out = RESULTS / ("study_quick" if args.quick else "study")
+        args.out = DEFAULT_OUT / ("quick" if args.quick else "full")
     if args.cache is None:
         args.cache = args.out / "cache"
     return args
@@ -255,6 +260,33 @@ def main(argv=None):
     (args.out / "results.md").write_text(tables + "\n\n" + footer + "\n")
     figures = plot_figures(rows, args.out)
     print(tables + "\n\n" + footer)
-    print("wrote " + ", ".join(str(p) for p in
-                               [args.out / "results.csv", args.out / "results.md", *figures]))
+    written = [args.out / name for name in
+               ("results.csv", "accuracy.csv", "results.md", "run.json", "datasets.json")]
+    written += [Path(f) for f in figures]
+    written += report_files(configs)
+    print(describe_outputs(args.out, written, args.cache))
     return rows
+
+
+def report_files(configs):
+    """The report files the configurations wrote (attention probes only)."""
+    found = []
+    for c in configs:
+        if not c.report_dir:
+            continue
+        stem = f"{c.task}_L{c.layer}_{c.method}"
+        found += sorted(Path(c.report_dir).glob(stem + ".*"))
+    return found
+
+
+def describe_outputs(out, written, cache):
+    """The closing lines: every file the run wrote, and the activation cache."""
+    lines = [f"wrote {len(written)} files in {out}/:"]
+    for path in written:
+        try:
+            shown = Path(path).relative_to(out)
+        except ValueError:
+            shown = path
+        lines.append(f"  {shown}")
+    lines.append(f"activation cache (a rerun skips the model): {cache}/")
+    return "\n".join(lines)

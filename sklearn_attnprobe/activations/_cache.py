@@ -72,13 +72,50 @@ def _sha256(obj):
     ).hexdigest()
 
 
-def model_fingerprint(model):
-    """Class, name, config hash and a cheap weight fingerprint of a model.
+_SAMPLE = 1024  # strided values hashed per tensor
+_CHUNK = 1 << 20  # elements per reduction step (bounded temporary memory)
 
-    The weight fingerprint hashes the first 8 values of every parameter (one
-    small device-to-host copy), so two random initialisations of one config, or
-    a model before and after fine-tuning, get different fingerprints without
-    hashing gigabytes of weights.
+
+def _tensor_digest(t):
+    """Bytes that change with any value of ``t``: a strided sample of up to
+    1,024 values (exact bytes) and float64 sums of all values, of their
+    squares and of their position-weighted values, reduced on the tensor's
+    device chunk by chunk (no host copy of the tensor)."""
+    import torch
+
+    flat = t.detach().reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return b""
+    if not (flat.dtype.is_floating_point or flat.dtype.is_complex):
+        flat = flat.to(torch.float64) if flat.dtype != torch.bool else flat.to(torch.uint8)
+    if flat.dtype.is_complex:
+        flat = torch.view_as_real(flat).reshape(-1)
+        n = flat.numel()
+    step = max(1, n // _SAMPLE)
+    sample = flat[::step][:_SAMPLE].to(torch.float64)
+    sums = torch.zeros(3, dtype=torch.float64, device=flat.device)
+    for start in range(0, n, _CHUNK):
+        chunk = flat[start:start + _CHUNK].to(torch.float64)
+        weights = torch.arange(start, start + chunk.numel(), device=chunk.device,
+                               dtype=torch.float64).remainder_(8191).add_(1.0)
+        sums += torch.stack([chunk.sum(), (chunk * chunk).sum(), (chunk * weights).sum()])
+    return sample.cpu().numpy().tobytes() + sums.cpu().numpy().tobytes()
+
+
+def model_fingerprint(model):
+    """Class, name, config hash and a weight fingerprint of a model.
+
+    The weight fingerprint covers every parameter and buffer: its name,
+    shape and dtype, a strided sample of its values and float64 sums over
+    all of them (:func:`_tensor_digest`), so a fine-tuned checkpoint, one
+    changed weight deep inside a matrix, or another random initialisation of
+    the same config all get another fingerprint; reading is one pass over
+    the weights where they are (about 0.1 s for 135M parameters on a CPU).
+    A tensor whose values cannot be read (meta device, packed quantised
+    storage) makes the fingerprint unique to this model object (a random
+    token kept on the model), so its activations are never shared with
+    another model through the cache, even after its id is reused.
     """
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
@@ -87,23 +124,30 @@ def model_fingerprint(model):
     else:
         cfg = None
     h = hashlib.sha256()
-    try:
-        import torch
-
-        heads = [p.detach().reshape(-1)[:8].float() for p in model.parameters()]
-        if heads:
-            h.update(torch.cat([x.to(heads[0].device) for x in heads])
-                     .cpu().numpy().tobytes())
-        for name, p in model.named_parameters():
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
-        weights = h.hexdigest()
-    except Exception:  # meta-device / exotic parameters: fall back to identity
-        weights = f"id-{id(model)}"
+    unreadable = []
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, t in tensors:
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        try:
+            if t.device.type == "meta":
+                raise RuntimeError("meta tensor")
+            h.update(_tensor_digest(t))
+        except Exception:  # noqa: BLE001 -- see the docstring
+            unreadable.append(name)
+    if unreadable:
+        token = getattr(model, "_attnprobe_fingerprint_token", None)
+        if token is None:
+            token = uuid.uuid4().hex
+            try:
+                object.__setattr__(model, "_attnprobe_fingerprint_token", token)
+            except Exception:  # noqa: BLE001
+                pass
+        h.update(f"unreadable:{','.join(unreadable)}:{token}".encode())
     return {
         "class": type(model).__name__,
         "name_or_path": str(getattr(model, "name_or_path", "")),
         "config_sha256": _sha256(cfg),
-        "weights": weights,
+        "weights": h.hexdigest(),
     }
 
 

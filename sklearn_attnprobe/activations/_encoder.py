@@ -17,7 +17,7 @@ import numbers
 import numpy as np
 import torch
 
-from . import _cache
+from . import _cache, _hf_compat
 
 _DTYPES = {"float16": torch.float16, "float32": torch.float32,
            "float64": torch.float64}
@@ -68,29 +68,60 @@ def resolve_max_length(tokenizer, max_length):
     return positive_int(max_length, "max_length")
 
 
+DROP_MODES = (False, True, "special")
+
+
+def check_drop_first_token(value):
+    """``drop_first_token`` as False, True or ``"special"``."""
+    if isinstance(value, str):
+        if value != "special":
+            raise ValueError(f"drop_first_token must be True, False or 'special'; "
+                             f"got {value!r}")
+        return value
+    if isinstance(value, (bool, np.bool_)) or (
+            isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"drop_first_token must be True, False or 'special'; got {value!r}")
+
+
+def first_token_drops(tokenizer, ids, mode):
+    """Per text, 1 where its first token is dropped: always (``True``), never
+    (``False``), or where it is one of the tokenizer's special tokens
+    (``"special"``: a BOS or CLS token goes, a real word stays)."""
+    if mode is True:
+        return np.ones(len(ids), dtype=np.int64)
+    if not mode:
+        return np.zeros(len(ids), dtype=np.int64)
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+    return np.array([1 if seq and seq[0] in special else 0 for seq in ids], dtype=np.int64)
+
+
 def tokenize_texts(tokenizer, texts, *, max_length, add_special_tokens, drop,
                    first_index=0):
-    """Unpadded token ids and token type ids (or None) of each text.
+    """Unpadded token ids, token type ids (or None) and first-token drops.
 
     The one tokenization of the package: extraction and
     :func:`~sklearn_attnprobe.activations.token_strings` both go through it,
     so token strings line up with activation rows. ``max_length`` is already
-    resolved (:func:`resolve_max_length`); ``drop`` is 1 when the first token
-    will be dropped, which needs every text to have at least 2 tokens.
+    resolved (:func:`resolve_max_length`); ``drop`` is the
+    ``drop_first_token`` mode (see :func:`first_token_drops`): a text whose
+    first token is dropped needs at least 2 tokens. Returns ``(ids,
+    token_type_ids, drops)``, ``drops`` 0/1 per text.
     """
     enc = tokenizer(
         list(texts), add_special_tokens=add_special_tokens,
         truncation=max_length is not None, max_length=max_length,
         padding=False, return_attention_mask=False)
     ids = [list(x) for x in enc["input_ids"]]
+    drops = first_token_drops(tokenizer, ids, drop)
     for i, seq in enumerate(ids):
-        if len(seq) - drop < 1:
+        if len(seq) - drops[i] < 1:
             raise ValueError(
                 f"text {first_index + i} ({texts[i][:40]!r}) has {len(seq)} "
                 f"token(s) after tokenization; "
-                + ("drop_first_token=True needs at least 2" if drop
+                + (f"drop_first_token={drop!r} needs at least 2" if drops[i]
                    else "every text needs at least 1"))
-    return ids, enc.get("token_type_ids")
+    return ids, enc.get("token_type_ids"), drops
 
 
 def _n_hidden_states(model):
@@ -163,56 +194,19 @@ def _hidden_states(out):
     return hs if hs is not None else getattr(out, "encoder_hidden_states", None)
 
 
-def _selects_hidden_states():
-    try:
-        from transformers.utils.output_capturing import selected_hidden_states
-    except ImportError:
-        return False
-    return selected_hidden_states([0]) == [0]
+class _States:
+    """Hidden states by index, with ``IndexError`` past the end like a tuple."""
 
+    def __init__(self, states, n):
+        self.states, self.n = states, n
 
-def ensure_capture_registry(model):
-    """Re-register transformers' output-recording specs of ``model``'s classes.
+    def __getitem__(self, k):
+        if not 0 <= k < self.n:
+            raise IndexError(k)
+        return self.states[k]
 
-    transformers >= 5 records ``hidden_states`` through forward hooks built
-    from a process-wide registry that a model fills in its ``__init__``. A
-    model unpickled in another process (a joblib worker of ``GridSearchCV(...,
-    n_jobs=2)``) never ran ``__init__`` there, finds no entry, and silently
-    returns no hidden states. No-op on older transformers.
-    """
-    try:
-        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-    except ImportError:
-        return
-    for m in model.modules():
-        spec = getattr(m, "_can_record_outputs", None)
-        # keyed by str(class) in every version (a plain dict in 5.17, a dict
-        # subclass whose __setitem__ takes the model in 5.24): go through dict
-        key = str(type(m))
-        if spec and not dict.get(_CAN_RECORD_REGISTRY, key):
-            dict.__setitem__(_CAN_RECORD_REGISTRY, key, spec)
-
-
-def remove_capture_hooks(model):
-    """Remove the output-capturing hooks transformers >= 5 installs lazily.
-
-    They are local closures over a ``ContextVar``: while installed, the model
-    cannot be pickled (no ``joblib.dump`` of a fitted pipeline, no dispatch to
-    joblib workers). Removing them and their "installed" flag leaves the model
-    as it was before its first forward pass; transformers reinstalls them on
-    the next one. Returns whether anything was removed.
-    """
-    changed = False
-    for m in model.modules():
-        hooks = getattr(m, "_forward_hooks", {})
-        for hid, fn in list(hooks.items()):
-            if getattr(fn, "__name__", "") == "output_capturing_hook":
-                del hooks[hid]
-                changed = True
-        if getattr(m, "_output_capturing_hooks_installed", False):
-            m._output_capturing_hooks_installed = False
-            changed = True
-    return changed
+    def __len__(self):
+        return self.n
 
 
 class Encoder:
@@ -236,7 +230,7 @@ class Encoder:
         self.model, self.tokenizer = model, tokenizer
         self.dtype_name, self.torch_dtype = key, _DTYPES[key]
         self.layers, self.single = resolve_layers(model, layers)
-        self.drop = 1 if drop_first_token else 0
+        self.drop = check_drop_first_token(drop_first_token)
         self.add_special_tokens = bool(add_special_tokens)
         self.max_length = resolve_max_length(tokenizer, max_length)
         self.device = device
@@ -248,12 +242,13 @@ class Encoder:
             base = getattr(model, "base_model", None)
             if isinstance(base, torch.nn.Module):
                 self.net = base  # skip LM / classification heads
-        # transformers >= 5 keeps only the hidden states listed in
-        # output_hidden_states (the others come back as None, indices intact):
-        # less device memory than holding every layer of the batch
-        self.request = True
-        if _selects_hidden_states() and all(k >= 0 for k in self.layers):
-            self.request = sorted(set(self.layers))
+        # hidden states through forward pre-hooks on the block stack (public
+        # torch API, see _hf_compat); output_hidden_states only as a fallback
+        n_states = _n_hidden_states(model)
+        self.n_layers = None if n_states is None else n_states - 1
+        self.stack = _hf_compat.find_layer_stack(self.net, self.n_layers)
+        self.request = (None if self.stack is not None
+                        else _hf_compat.hidden_states_request(self.layers))
         try:
             params = inspect.signature(self.net.forward).parameters
         except (TypeError, ValueError):
@@ -273,7 +268,7 @@ class Encoder:
             "layers": list(self.layers),
             "max_length": self.max_length,
             "truncation_side": getattr(self.tokenizer, "truncation_side", None),
-            "drop_first_token": bool(self.drop),
+            "drop_first_token": self.drop,
             "dtype": self.dtype_name,
             "add_special_tokens": self.add_special_tokens,
         }
@@ -281,10 +276,14 @@ class Encoder:
     # -- tokenization ------------------------------------------------------------------
     def tokenize(self, texts, first_index=0):
         """Unpadded token ids (and token type ids, or None) of each text."""
-        ids, tt = tokenize_texts(self.tokenizer, texts, max_length=self.max_length,
-                                 add_special_tokens=self.add_special_tokens,
-                                 drop=self.drop, first_index=first_index)
+        ids, tt, _ = tokenize_texts(self.tokenizer, texts, max_length=self.max_length,
+                                    add_special_tokens=self.add_special_tokens,
+                                    drop=self.drop, first_index=first_index)
         return ids, (tt if self.use_token_types else None)
+
+    def drops(self, ids):
+        """0/1 per text: whether its first token is dropped."""
+        return first_token_drops(self.tokenizer, ids, self.drop)
 
     # -- the model -------------------------------------------------------------------------
     def prepare(self):
@@ -309,17 +308,14 @@ class Encoder:
                 tt[r, : lens[r]] = tt_list[r]
         attn = torch.from_numpy(mask).to(device)
         kwargs = {"input_ids": torch.from_numpy(ids).to(device),
-                  "attention_mask": attn, "output_hidden_states": self.request}
+                  "attention_mask": attn}
         if tt is not None:
             kwargs["token_type_ids"] = torch.from_numpy(tt).to(device)
-        out = self.net(**kwargs)
-        hs = _hidden_states(out)
-        if hs is None:
-            raise TypeError(f"{type(self.net).__name__} returned no hidden_states "
-                            "for output_hidden_states=True")
+        hs = self._run_net(kwargs)
         keep = attn.bool()
-        if self.drop:
-            keep &= attn.cumsum(1) > 1
+        drops = self.drops(ids_list)
+        if drops.any():
+            keep[torch.from_numpy(drops.astype(bool)).to(device), 0] = False
         result = []
         for k in self.layers:
             try:
@@ -330,6 +326,30 @@ class Encoder:
             result.append(h[keep].to(self.torch_dtype))
         return result
 
+    def _run_net(self, kwargs):
+        """Indexable hidden states ``0..n_layers`` of one batch (only the
+        requested ones need to be there)."""
+        if self.stack is None:
+            kwargs["output_hidden_states"] = self.request
+            hs = _hidden_states(self.net(**kwargs))
+            if hs is None:
+                raise TypeError(f"{type(self.net).__name__} returned no hidden_states "
+                                "for output_hidden_states=True")
+            return hs
+        n = self.n_layers
+        inner = [k for k in self.layers if k < n]
+        with _hf_compat.BlockInputs(self.stack, inner) as rec:
+            out = self.net(**kwargs)
+        states = dict(rec.states)
+        if n in self.layers:
+            last = getattr(out, "last_hidden_state", None)
+            states[n] = last if last is not None else out[0]
+        missing = [k for k in self.layers if states.get(k) is None]
+        if missing:
+            raise TypeError(f"{type(self.net).__name__} ran without reaching "
+                            f"block(s) {missing} of its {n}")
+        return _States(states, n + 1)
+
     def encode_chunk(self, ids, tt, alloc, *, batch_size, max_batch_tokens,
                      device, bar=None):
         """Encode texts ``ids`` into buffers from ``alloc(n_tokens, d, dtype)``.
@@ -338,7 +358,7 @@ class Encoder:
         buffer rows follow the order of ``ids``.
         """
         n_in = np.array([len(x) for x in ids], dtype=np.int64)
-        n_out = n_in - self.drop
+        n_out = n_in - self.drops(ids)
         starts = np.concatenate([[0], np.cumsum(n_out)[:-1]])
         arrays, bad = None, 0
         for batch in length_batches(n_in, batch_size, max_batch_tokens):

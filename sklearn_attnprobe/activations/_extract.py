@@ -25,13 +25,8 @@ import torch
 
 from .._ragged import RaggedArray
 from . import _cache
-from ._encoder import (
-    Encoder,
-    check_texts,
-    ensure_capture_registry,
-    positive_int,
-    remove_capture_hooks,
-)
+from ._encoder import Encoder, check_texts, positive_int
+from ._hf_compat import ensure_capture_registry, remove_capture_hooks
 
 __all__ = ["extract_activations"]
 
@@ -78,13 +73,15 @@ def run_extraction(encoder, texts, *, batch_size=32, max_batch_tokens=16384,
         device = encoder.prepare()
         was_training = model.training
         try:
-            ensure_capture_registry(model)
+            if encoder.stack is None:  # the output_hidden_states fallback
+                ensure_capture_registry(model)
             if was_training:
                 model.eval()  # no dropout
             return _extract_locked(encoder, texts, batch_size, max_batch_tokens,
                                    cache_dir, shard_size, progress, device)
         finally:
-            remove_capture_hooks(model)  # keep the model picklable
+            if encoder.stack is None:
+                remove_capture_hooks(model)  # keep the model picklable
             if was_training:
                 model.train()
 
@@ -184,9 +181,14 @@ def extract_activations(model, tokenizer, texts, *, layers=-1, max_length=None,
         Truncate each text to this many tokens (special tokens included). None
         truncates only at the tokenizer's ``model_max_length`` when it defines
         a finite one.
-    drop_first_token : bool, default=False
-        Drop each text's first token (BOS / attention-sink tokens whose norm is
-        often ~100x the others). Applied after truncation.
+    drop_first_token : bool or "special", default=False
+        ``True``: drop each text's first token, whatever it is (BOS /
+        attention-sink tokens, whose norm is often ~100x the others; but with
+        a tokenizer that adds no BOS, such as GPT-2's or SmolLM2's GGUF one,
+        the first token is the text's first word). ``"special"``: drop it
+        only where it is a special token of the tokenizer (BOS, CLS). Applied
+        after truncation; :func:`token_strings` with ``return_dropped=True``
+        shows what was dropped.
     dtype : {"float16", "float32", "float64"}, default="float16"
         Output dtype; the cast happens on the device. A float16 overflow
         warns.

@@ -1,12 +1,12 @@
 """Token strings that line up, row for row, with extracted activations."""
 
-from ._encoder import check_texts, resolve_max_length, tokenize_texts
+from ._encoder import check_drop_first_token, check_texts, resolve_max_length, tokenize_texts
 
 __all__ = ["token_strings"]
 
 
 def token_strings(tokenizer, texts, *, max_length=None, drop_first_token=False,
-                  add_special_tokens=True, decode=False):
+                  add_special_tokens=True, decode=False, return_dropped=False):
     """The token strings of each text, one per row of its extracted activations.
 
     Tokenizes exactly as :func:`extract_activations` and
@@ -25,8 +25,9 @@ def token_strings(tokenizer, texts, *, max_length=None, drop_first_token=False,
         Truncate each text to this many tokens (special tokens included); None
         truncates only at the tokenizer's ``model_max_length`` when it defines
         a finite one, as the extraction does.
-    drop_first_token : bool, default=False
-        Drop each text's first token, as the extraction option of that name.
+    drop_first_token : bool or "special", default=False
+        Drop each text's first token (``True``) or only a first token that is
+        a special token (``"special"``), as the extraction option of that name.
     add_special_tokens : bool, default=True
         Passed to the tokenizer, as in the extraction.
     decode : bool, default=False
@@ -35,11 +36,18 @@ def token_strings(tokenizer, texts, *, max_length=None, drop_first_token=False,
         e.g. ``"Ġthe"`` in byte-level BPE vocabularies). True: each token
         decoded on its own (``" the"``); a token holding part of a multi-byte
         character then decodes to a replacement character.
+    return_dropped : bool, default=False
+        Also return what ``drop_first_token`` dropped.
 
     Returns
     -------
     tokens : list of list of str
         Per text, its token strings.
+    dropped : list of str or None
+        Only with ``return_dropped=True``: per text, the dropped first token's
+        string, or None where nothing was dropped. With
+        ``drop_first_token=True`` and a tokenizer that adds no BOS token
+        (SmolLM2's GGUF tokenizer, GPT-2's) this is a real word.
 
     See Also
     --------
@@ -75,20 +83,25 @@ def token_strings(tokenizer, texts, *, max_length=None, drop_first_token=False,
     ...                            drop_first_token=True)
     >>> acts.lengths
     array([3, 3])
+    >>> token_strings(tokenizer, ["the cat"], drop_first_token="special",
+    ...               add_special_tokens=False, return_dropped=True)
+    ([['the', 'cat']], [None])
     """
     if not callable(tokenizer):
         raise TypeError("tokenizer must be a Hugging Face tokenizer (callable "
                         f"on a list of texts); got {type(tokenizer).__name__}")
     texts = check_texts(texts)
-    drop = 1 if drop_first_token else 0
-    ids, _ = tokenize_texts(tokenizer, texts,
-                            max_length=resolve_max_length(tokenizer, max_length),
-                            add_special_tokens=bool(add_special_tokens), drop=drop)
-    out = []
-    for seq in ids:
-        seq = seq[drop:]
+    ids, _, drops = tokenize_texts(
+        tokenizer, texts, max_length=resolve_max_length(tokenizer, max_length),
+        add_special_tokens=bool(add_special_tokens),
+        drop=check_drop_first_token(drop_first_token))
+
+    def strings(seq):
         if decode:
-            out.append([str(tokenizer.decode([i])) for i in seq])
-        else:
-            out.append([str(t) for t in tokenizer.convert_ids_to_tokens(seq)])
-    return out
+            return [str(tokenizer.decode([i])) for i in seq]
+        return [str(t) for t in tokenizer.convert_ids_to_tokens(seq)]
+
+    out = [strings(seq[d:]) for seq, d in zip(ids, drops)]
+    if not return_dropped:
+        return out
+    return out, [strings(seq[:1])[0] if d else None for seq, d in zip(ids, drops)]

@@ -163,8 +163,14 @@ class TransformerActivations(TransformerMixin, BaseEstimator):
         Hidden-state index (0 = embeddings, -1 = last layer) or several.
     max_length : int or None, default=None
         Truncate texts to this many tokens (special tokens included).
-    drop_first_token : bool, default=False
-        Drop each text's first (BOS / attention-sink) token.
+    drop_first_token : bool or "special", default=False
+        ``True``: drop each text's first token, whatever it is (BOS /
+        attention-sink tokens, whose norm is often ~100x the others; but with
+        a tokenizer that adds no BOS, such as GPT-2's or SmolLM2's GGUF one,
+        the first token is the text's first word). ``"special"``: drop it
+        only where it is a special token of the tokenizer (BOS, CLS). Applied
+        after truncation; :func:`token_strings` with ``return_dropped=True``
+        shows what was dropped.
     dtype : {"float16", "float32", "float64"}, default="float16"
         Output dtype (the cast happens on the device).
     batch_size : int, default=32
