@@ -13,7 +13,7 @@ from ._pooled_cv import LastTokenProbeClassifierCV, MeanProbeClassifierCV
 from ._ragged import RaggedArray
 from ._scaler import ActivationScaler
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "ActivationScaler",
