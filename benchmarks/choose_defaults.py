@@ -10,7 +10,6 @@ in ``docs/user_guide/defaults.rst``.
 """
 
 import argparse
-import itertools
 import json
 import os
 import time
