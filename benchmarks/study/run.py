@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=128,
                    help="truncate texts to this many tokens")
     p.add_argument("--max-iter", type=int, default=500,
-                   help="AdamW steps of the attention and mean-AdamW probes")
+                   help="most AdamW steps of the attention and mean-AdamW probes")
     p.add_argument("--n-jobs", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--backend", choices=("loky", "dask"), default="loky",
                    help="joblib backend; dask starts a LocalCluster unless "
@@ -253,7 +253,8 @@ def main(argv=None):
     }
     (args.out / "run.json").write_text(json.dumps(info, indent=1))
     footer = (f"Model {info['model']}, layers {args.layers}, texts truncated to "
-              f"{args.max_length} tokens (first token dropped); {args.max_iter} AdamW steps. "
+              f"{args.max_length} tokens (first token dropped); at most {args.max_iter} "
+              "AdamW steps (stopping when converged). "
               f"{info['machine']}; {args.backend} backend, n_jobs={args.n_jobs}. "
               f"Wall time {total:.0f} s (data and activations {t_extract:.0f} s, "
               f"probes {t_fit:.0f} s).")
