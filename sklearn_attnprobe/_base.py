@@ -12,38 +12,16 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from ._numerics import (
+    COMPUTE_DTYPES,
+    flush_denormal,
+    parameter_dtype,
+    resolve_device,
+)
 from ._packing import inverse_order
 from ._persistence import ProbePersistenceMixin
-from ._training import TrainingSet, fit_module, flush_denormal
+from ._training import TrainingSet, fit_module
 from ._validation import validate_ragged, validate_targets
-
-_COMPUTE_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-_HALF = (torch.bfloat16, torch.float16)
-
-
-def parameter_dtype(compute_dtype):
-    """Parameters, gradients and optimizer state stay in float32 under half
-    precision compute (the working copy and the big GEMMs are what shrink)."""
-    return torch.float32 if compute_dtype in _HALF else compute_dtype
-
-
-def resolve_device(device):
-    """``"auto"`` -> CUDA when available, else CPU; check CUDA is there."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available")
-    return dev
-
 
 def encode_labels(y):
     """``(classes, y_encoded)``; a classifier needs at least two classes."""
@@ -95,7 +73,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "device": [str, torch.device],
-        "compute_dtype": [StrOptions({"auto", *_COMPUTE_DTYPES})],
+        "compute_dtype": [StrOptions({"auto", *COMPUTE_DTYPES})],
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
         "callbacks": [list, None],
@@ -126,7 +104,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
     def _compute_dtype(self, source):
         if self.compute_dtype == "auto":
             return torch.float64 if source.dtype == np.float64 else torch.float32
-        return _COMPUTE_DTYPES[self.compute_dtype]
+        return COMPUTE_DTYPES[self.compute_dtype]
 
     def _sample_weights(self, y, y_enc, sample_weight):
         n = len(y_enc)

@@ -22,7 +22,8 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._attention import AttentionProbeClassifier
-from ._base import module_logits, parameter_dtype, resolve_device
+from ._base import module_logits
+from ._numerics import parameter_dtype, resolve_device
 from ._cv_base import _BaseProbeCV
 from ._modules import StackedAttentionProbeModule
 from ._packing import inverse_order, pack

@@ -22,7 +22,8 @@ import os
 
 import torch
 
-_HALF = (torch.float16, torch.bfloat16)
+from ._numerics import HALF_DTYPES
+
 POSITION_CODES = {None: 0, "last": 1, "first": 2}
 _disabled = os.environ.get("SKLEARN_ATTNPROBE_FUSED", "1") == "0"
 
@@ -63,9 +64,9 @@ def backend_for(x):
     """The backend that runs blocks like ``x``, or None for the reference path."""
     if _disabled or x.requires_grad:
         return None
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, *_HALF):
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, *HALF_DTYPES):
         return load_backend("numba")
-    if x.device.type == "cuda" and x.dtype in (torch.float32, *_HALF):
+    if x.device.type == "cuda" and x.dtype in (torch.float32, *HALF_DTYPES):
         return load_backend("triton")
     return None
 

@@ -17,7 +17,7 @@ from ._cv import AttentionProbeClassifierCV
 from ._kernels import masked_softmax
 from ._packing import iter_blocks
 from ._ragged import RaggedArray
-from ._training import flush_denormal
+from ._numerics import flush_denormal
 from ._validation import validate_ragged
 
 # Padded float64 values per block of the scan (the block itself; the

@@ -7,7 +7,8 @@ import torch
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import BaseProbe, parameter_dtype
+from ._base import BaseProbe
+from ._numerics import parameter_dtype
 from ._modules import POOLERS, LinearProbeModule
 from ._packing import PackedBatch, inverse_order, iter_blocks
 

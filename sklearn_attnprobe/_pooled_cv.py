@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
 
-from ._base import parameter_dtype, resolve_device
+from ._numerics import parameter_dtype, resolve_device
 from ._cv_base import _BaseProbeCV
 from ._modules import LinearProbeModule
 from ._packing import PackedBatch

@@ -19,7 +19,6 @@ bars, schedules, checkpoints, early stopping) work as documented.
 import copy
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +29,7 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback
 from torch import nn
 
+from ._numerics import flush_denormal
 from ._packing import PackedBatch
 
 
@@ -185,33 +185,6 @@ class ProbeNet(NeuralNet):
         if torch.is_tensor(self.weight_decay) or self.weight_decay:
             loss = loss + model_penalties(self.module_, self.weight_decay).sum()
         return loss
-
-
-def _flush_state():
-    """Whether subnormal floats are flushed now (torch has no getter)."""
-    tiny = torch.tensor([1e-30], dtype=torch.float32)
-    return bool((tiny * 1e-10).item() == 0.0)  # 1e-40 is subnormal in float32
-
-
-@contextmanager
-def flush_denormal():
-    """Run with subnormal floats flushed to zero (x86 CPUs), then restore.
-
-    Once a probe fits well, the loss gradient holds values like 1e-40
-    (confident softmax outputs minus one-hot targets) and every matrix product
-    downstream of it slows down 3-10x on x86 CPUs (measured: a step going from
-    150 ms to 600 ms within 30 steps). Values that small change nothing.
-    torch's flag is process-wide state without a getter: one subnormal
-    multiply reads it, and the previous state is put back on exit. Do not
-    hold this context across a generator's ``yield``.
-    """
-    before = _flush_state()
-    supported = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if supported:
-            torch.set_flush_denormal(before)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from sklearn_attnprobe import (
     MeanProbeClassifier,
 )
 from sklearn_attnprobe import _progress
-from sklearn_attnprobe._training import _flush_state, flush_denormal
+from sklearn_attnprobe._numerics import _flush_state, flush_denormal
 from sklearn_attnprobe.datasets import make_planted_task
 
 
