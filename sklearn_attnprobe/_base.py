@@ -35,6 +35,34 @@ def encode_labels(y):
     return classes, encoder.transform(y)
 
 
+def decision_from_logits(logits):
+    """``decision_function`` of ``(n, n_outputs)`` logits (one column if binary)."""
+    return logits[:, 0] if logits.shape[1] == 1 else logits
+
+
+def proba_from_logits(logits):
+    """Class probabilities of ``(n, n_outputs)`` logits."""
+    if logits.shape[1] == 1:
+        p = expit(logits[:, 0])
+        return np.column_stack([1.0 - p, p])
+    return softmax(logits, axis=1)
+
+
+def log_proba_from_logits(logits):
+    """Log class probabilities, computed stably from the logits."""
+    if logits.shape[1] == 1:
+        z = logits[:, 0]
+        return np.column_stack([log_expit(-z), log_expit(z)])
+    return log_softmax(logits, axis=1)
+
+
+def labels_from_logits(logits, classes):
+    """Predicted labels (elements of ``classes``) of the logits."""
+    if logits.shape[1] == 1:
+        return classes[(logits[:, 0] > 0).astype(int)]
+    return classes[np.argmax(logits, axis=1)]
+
+
 def module_logits(module, batches):
     """Float64 logits of ``module`` over ``batches``, rows back in source order.
 
@@ -149,8 +177,9 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         batch = self._training_batch(source, dtype, device)
         train_set = TrainingSet(batch, y_enc, w, device=device, dtype=pdtype, seed=seed)
         n_iter_no_change, validation_fraction = self._stopping()
+        early_stopping = validation_fraction is not None and self._solver() == "adamw"
         validation_set = None
-        if validation_fraction is not None and self._solver() == "adamw":
+        if early_stopping:
             train_set, validation_set = _validation_split(
                 train_set, y_enc, validation_fraction, seed)
         result = fit_module(
@@ -172,7 +201,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         self.compute_dtype_ = dtype
         self.n_iter_ = int(result.n_iter[0])
         self.loss_curve_ = result.loss_curve
-        if validation_fraction is not None and self._solver() == "adamw":
+        if early_stopping:
             self.validation_scores_ = result.validation_scores
             self.best_validation_score_ = result.best_validation_score
         if result.net is not None:
@@ -221,8 +250,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         scores : ndarray
             Binary: log-odds of ``classes_[1]``. Multi-class: logits.
         """
-        logits = self._logits(X)
-        return logits[:, 0] if logits.shape[1] == 1 else logits
+        return decision_from_logits(self._logits(X))
 
     def predict_proba(self, X):
         """Class probabilities.
@@ -237,11 +265,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_texts, n_classes)
             Columns in the order of ``classes_``; rows sum to 1.
         """
-        logits = self._logits(X)
-        if logits.shape[1] == 1:
-            p = expit(logits[:, 0])
-            return np.column_stack([1.0 - p, p])
-        return softmax(logits, axis=1)
+        return proba_from_logits(self._logits(X))
 
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`, computed stably from the logits.
@@ -255,11 +279,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         -------
         log_proba : ndarray of shape (n_texts, n_classes)
         """
-        logits = self._logits(X)
-        if logits.shape[1] == 1:
-            z = logits[:, 0]
-            return np.column_stack([log_expit(-z), log_expit(z)])
-        return log_softmax(logits, axis=1)
+        return log_proba_from_logits(self._logits(X))
 
     def predict(self, X):
         """Predicted class label of each text.
@@ -274,10 +294,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         labels : ndarray of shape (n_texts,)
             Elements of ``classes_``.
         """
-        logits = self._logits(X)
-        if logits.shape[1] == 1:
-            return self.classes_[(logits[:, 0] > 0).astype(int)]
-        return self.classes_[np.argmax(logits, axis=1)]
+        return labels_from_logits(self._logits(X), self.classes_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

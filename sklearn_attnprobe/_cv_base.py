@@ -10,7 +10,6 @@ it through a fitted stand-in classifier (:class:`_HeldOutLogits`).
 import time
 
 import numpy as np
-from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv
@@ -18,7 +17,14 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from scipy.stats import rankdata
 
-from ._base import BaseProbe, encode_labels
+from ._base import (
+    BaseProbe,
+    decision_from_logits,
+    encode_labels,
+    labels_from_logits,
+    log_proba_from_logits,
+    proba_from_logits,
+)
 from ._persistence import ProbePersistenceMixin
 from ._validation import validate_ragged, validate_targets
 
@@ -40,23 +46,16 @@ class _HeldOutLogits(ClassifierMixin, BaseEstimator):
         return self.classes
 
     def decision_function(self, X):
-        z = self.logits
-        return z[:, 0] if z.shape[1] == 1 else z
+        return decision_from_logits(self.logits)
 
     def predict_proba(self, X):
-        z = self.logits
-        if z.shape[1] == 1:
-            p = expit(z[:, 0])
-            return np.column_stack([1.0 - p, p])
-        return softmax(z, axis=1)
+        return proba_from_logits(self.logits)
 
     def predict_log_proba(self, X):
-        return np.log(self.predict_proba(X))
+        return log_proba_from_logits(self.logits)
 
     def predict(self, X):
-        z = self.logits
-        idx = (z[:, 0] > 0).astype(int) if z.shape[1] == 1 else z.argmax(axis=1)
-        return self.classes[idx]
+        return labels_from_logits(self.logits, self.classes)
 
 
 _SHARED = {

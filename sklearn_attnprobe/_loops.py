@@ -18,6 +18,12 @@ import torch
 from torch import nn
 
 from ._progress import ProgressReporter
+from ._training import (
+    FitResult,
+    _lbfgs_options,
+    fused_adamw_supported,
+    objectives,
+)
 
 # Each parameter of a stacked module: the axis that indexes models, and
 # whether that axis holds n_heads entries per model (query columns, slopes).
@@ -108,8 +114,6 @@ class StoppingRule:
 
 
 def _fused_adamw(module, learning_rate, device):
-    from ._training import fused_adamw_supported
-
     return torch.optim.AdamW(module.parameters(), lr=learning_rate, weight_decay=0.0,
                              fused=fused_adamw_supported(device))
 
@@ -117,8 +121,6 @@ def _fused_adamw(module, learning_rate, device):
 def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight_decay,
                tol, n_iter_no_change, validation_set, verbose, desc):
     """AdamW until converged or ``max_iter`` steps; see :func:`fit_module`."""
-    from ._training import FitResult, objectives
-
     device = train_set.y.device
     stacked = getattr(module, "n_models", None) is not None
     n_models = module.n_models if stacked else 1
@@ -195,8 +197,6 @@ def _accuracy(logits, y, w):
 
 def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc):
     """Full-batch L-BFGS with a strong Wolfe line search; see :func:`fit_module`."""
-    from ._training import FitResult, _lbfgs_options, objectives
-
     options = _lbfgs_options(max_iter, tol)
     optimizer = torch.optim.LBFGS(module.parameters(), lr=1.0, **options)
     batch, y, w = train_set.batch, train_set.y, train_set.w
