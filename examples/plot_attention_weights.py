@@ -90,7 +90,7 @@ print(f"heaviest token = highest needle score in {agree:.0%} of test texts")
 # ----------------------
 # On the ``"last"`` task only the final token carries the class. The query
 # alone cannot find it (the final token looks like any other), but the
-# learned position bias can: with ``position="last"`` each head adds
+# learned position bias can (``position_bias=True``, the default): each head adds
 # ``slope * p_t`` to its logits, where ``p_t`` is minus the distance to the
 # last token, so a positive slope tilts the weights towards the end of the
 # text. The fitted slopes are in ``probe.module_.slope``.

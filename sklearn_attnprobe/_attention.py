@@ -1,11 +1,12 @@
 """The attention probe estimator."""
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.utils import Bunch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.base import _fit_context
 from sklearn.utils.validation import check_is_fitted
 
@@ -15,14 +16,28 @@ from ._packing import PackedBatch, iter_blocks, pack
 from ._validation import validate_ragged
 
 
+def module_position(est):
+    """Anchor handed to the torch module: ``"last"`` with a position bias,
+    None without; maps the deprecated ``position`` parameter (with a
+    FutureWarning) onto ``position_bias``."""
+    if est.position == "deprecated":
+        return "last" if est.position_bias else None
+    warnings.warn(
+        "'position' is deprecated since 0.2 and will be removed in 0.4: the anchor "
+        "does not change the fitted probe (a per-text constant cancels in the "
+        "softmax). Use position_bias=True (for 'last' or 'first') or "
+        "position_bias=False (for None).", FutureWarning, stacklevel=3)
+    return None if est.position is None else "last"
+
+
 class AttentionProbeClassifier(BaseProbe):
     """Attention probe: learned per-head attention pooling, then a linear readout.
 
     For each head ``h`` and token ``t`` of a text, the attention logit is
-    ``x_t @ q_h + w_h * p_t`` where ``p_t`` is minus the distance of token
-    ``t`` to the text's last (``position="last"``) or first
-    (``position="first"``) real token. A softmax over the text's real tokens
-    gives weights ``a_th``; the class logits are
+    ``x_t @ q_h + w_h * p_t`` where ``p_t = t - (T - 1)`` is minus the
+    distance of token ``t`` to the text's last real token and ``w_h`` a
+    learned slope (``position_bias=False`` drops the term). A softmax over the
+    text's real tokens gives weights ``a_th``; the class logits are
     ``sum_h (sum_t a_th x_t) @ V_h + b``. This is the probe of Shabalin &
     Belrose, "Attention Probes" (EleutherAI, 2025), computed pooling-first: the
     per-token values (tokens x heads x classes) are never materialised.
@@ -31,8 +46,17 @@ class AttentionProbeClassifier(BaseProbe):
     ----------
     n_heads : int, default=1
         Number of attention heads.
-    position : {"last", "first"} or None, default="last"
-        Anchor of the learned position bias; None disables it.
+    position_bias : bool, default=True
+        Learn one position slope per head (the ALiBi-style bias), so that a
+        head can lean towards the end (positive slope) or the start
+        (negative slope) of every text. Where the distances are counted from
+        does not matter: counting from the first token instead adds
+        ``w_h * (T - 1)`` to every logit of a text, a per-text constant that
+        the softmax removes, so both anchors fit the same model.
+    position : {"last", "first"} or None, default="deprecated"
+        Deprecated since 0.2, removed in 0.4: use ``position_bias``. ``None``
+        means ``position_bias=False``; ``"last"`` and ``"first"`` both mean
+        ``position_bias=True`` (they fit the same probe; see above).
     weight_decay : float, default=0.0
         L2 penalty: the objective is the sample-weighted mean log-loss plus
         ``weight_decay / 2 * (||Q||^2 + ||V||^2)``. Unlike the seed code, which
@@ -147,20 +171,23 @@ class AttentionProbeClassifier(BaseProbe):
     _parameter_constraints = {
         **BaseProbe._parameter_constraints,
         "n_heads": [Interval(Integral, 1, None, closed="left")],
-        "position": [StrOptions({"last", "first"}), None],
+        "position_bias": ["boolean"],
+        "position": [StrOptions({"last", "first"}), Hidden(StrOptions({"deprecated"})), None],
         "solver": [StrOptions({"adamw", "lbfgs"})],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
     }
 
-    def __init__(self, n_heads=1, *, position="last", weight_decay=0.0,
+    def __init__(self, n_heads=1, *, position_bias=True, position="deprecated",
+                 weight_decay=0.0,
                  solver="adamw", learning_rate=1e-2, max_iter=500, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  batch_size=None, class_weight=None, device="cpu",
                  compute_dtype="auto", warm_start=False, random_state=None,
                  callbacks=None, verbose=0):
         self.n_heads = n_heads
+        self.position_bias = position_bias
         self.position = position
         self.weight_decay = weight_decay
         self.solver = solver
@@ -200,7 +227,7 @@ class AttentionProbeClassifier(BaseProbe):
 
     def _make_module(self, d_model, n_outputs, dtype, generator):
         return AttentionProbeModule(d_model, self.n_heads, n_outputs,
-                                    position=self.position, generator=generator,
+                                    position=module_position(self), generator=generator,
                                     dtype=dtype)
 
     def _stopping(self):
@@ -208,7 +235,8 @@ class AttentionProbeClassifier(BaseProbe):
         return self.n_iter_no_change, fraction
 
     def _module_compatible(self, module):
-        return module.n_heads == self.n_heads and module.position == self.position
+        return (module.n_heads == self.n_heads
+                and (module.position is None) == (module_position(self) is None))
 
     def _training_batch(self, source, dtype, device):
         return pack(source, dtype, device)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from ._attention import AttentionProbeClassifier
+from ._attention import AttentionProbeClassifier, module_position
 from ._base import module_logits
 from ._numerics import parameter_dtype, resolve_device
 from ._cv_base import _BaseProbeCV
@@ -55,8 +55,11 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         ``score``.
     refit : bool, default=True
         Refit the best weight decay on all texts as ``best_estimator_``.
-    position : {"last", "first"} or None, default="last"
+    position_bias : bool, default=True
         As in :class:`AttentionProbeClassifier`.
+    position : {"last", "first"} or None, default="deprecated"
+        Deprecated since 0.2, removed in 0.4: use ``position_bias`` (see
+        :class:`AttentionProbeClassifier`).
     solver : {"adamw", "lbfgs"}, default="adamw"
         As in :class:`AttentionProbeClassifier`. With AdamW each model stops
         on its own and leaves the stacked step; L-BFGS minimises the sum of
@@ -134,11 +137,13 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     _parameter_constraints = {
         **_BaseProbeCV._parameter_constraints,
         **{k: AttentionProbeClassifier._parameter_constraints[k]
-           for k in ("n_heads", "position", "solver", "tol", "n_iter_no_change")},
+           for k in ("n_heads", "position_bias", "position", "solver", "tol",
+                     "n_iter_no_change")},
     }
 
     def __init__(self, n_heads=1, *, weight_decays=(0.0, 1e-3, 1e-2, 1e-1), cv=5,
-                 scoring=None, refit=True, position="last", solver="adamw",
+                 scoring=None, refit=True, position_bias=True, position="deprecated",
+                 solver="adamw",
                  learning_rate=1e-2, max_iter=500, tol=1e-4, n_iter_no_change=10,
                  batch_size=None, class_weight=None, device="cpu",
                  compute_dtype="auto", random_state=None, callbacks=None, verbose=0):
@@ -147,6 +152,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         self.cv = cv
         self.scoring = scoring
         self.refit = refit
+        self.position_bias = position_bias
         self.position = position
         self.solver = solver
         self.learning_rate = learning_rate
@@ -161,6 +167,14 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         self.callbacks = callbacks
         self.verbose = verbose
 
+    def _estimator_params(self):
+        # the deprecated ``position`` becomes ``position_bias`` (warning once,
+        # here) for the stacked models and the refit alike
+        params = super()._estimator_params()
+        params["position_bias"] = module_position(self) is not None
+        params["position"] = "deprecated"
+        return params
+
     def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
         n_splits, n_wds = W.shape[1], len(wds)
         M = n_splits * n_wds  # model m = fold m // n_wds, weight decay m % n_wds
@@ -172,7 +186,8 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         generators = [torch.Generator().manual_seed(int(seed)) for _ in range(M)]
         module = StackedAttentionProbeModule(
-            M, source.d_model, self.n_heads, n_outputs, position=self.position,
+            M, source.d_model, self.n_heads, n_outputs,
+            position="last" if helper.position_bias else None,
             generators=generators, dtype=pdtype).to(device)
         batch = pack(source, dtype, device)
         weights = np.repeat(W, n_wds, axis=1)  # (n, M)

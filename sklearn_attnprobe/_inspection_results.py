@@ -37,8 +37,8 @@ class TokenExample:
     weight : float
         Attention weight ``a_ht`` of the token (its text's weights sum to 1).
     score : float
-        Attention score ``s_ht`` (logit before the softmax, position bias
-        included).
+        Content score ``x_t @ q_h``: the attention logit without the
+        position bias, comparable across texts.
     contribution : float or ndarray of shape (n_classes,)
         What the token adds to :meth:`decision_function` through this head:
         a float (the log-odds of ``classes_[1]``) for binary probes, one value

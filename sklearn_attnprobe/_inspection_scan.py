@@ -97,13 +97,15 @@ def _max_elements(module):
 def _block_stats(module, block):
     """float64 ``(k, H, T)`` scores and weights, ``(k, H, T, C)`` contributions.
 
-    The scores come from the probe module itself
-    (``AttentionProbeModule.attention_scores``), the softmax from its kernel
-    (:func:`masked_softmax`), in float64.
+    The weights are the softmax (:func:`masked_softmax`) of the module's full
+    logits (``AttentionProbeModule.attention_scores``, position bias
+    included); the scores are the content part ``x_t @ q_h`` alone
+    (``content_scores``), which ranks tokens across texts without depending on
+    where positions are counted from.
     """
     x = block.x  # already float64
-    scores = module.attention_scores(block)
-    weights = masked_softmax(scores, block.mask, block.padding())
+    weights = masked_softmax(module.attention_scores(block), block.mask, block.padding())
+    scores = module.content_scores(block)
     k, T, d = x.shape
     value = module.value.detach().to(x.dtype)  # (H, d, C)
     H, _, C = value.shape

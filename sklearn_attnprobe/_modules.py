@@ -106,6 +106,12 @@ class AttentionProbeModule(nn.Module):
         return attention_logits(block.x, block.lengths, query, slope, self.position,
                                 positions=positions)
 
+    def content_scores(self, block):
+        """``(k, H, T)`` content part ``x_t @ q_h`` of the logits, without the
+        position bias: the part that is comparable across texts (the softmax
+        leaves the position term defined only up to a per-text constant)."""
+        return attention_logits(block.x, block.lengths, self.query.to(block.x.dtype))
+
     def pool_block(self, block):
         """``(k, H, d)`` pooled states and ``(k, H, T)`` weights of one block.
 
@@ -165,6 +171,7 @@ class StackedAttentionProbeModule(nn.Module):
     _pooled = AttentionProbeModule._pooled
     _reference_pool = AttentionProbeModule._reference_pool
     attention_scores = AttentionProbeModule.attention_scores
+    content_scores = AttentionProbeModule.content_scores
     pool_block = AttentionProbeModule.pool_block
 
     def penalty(self, weight_decay):

@@ -1,8 +1,9 @@
 """Maximum activating examples of a fitted attention probe.
 
 An :class:`~sklearn_attnprobe.AttentionProbeClassifier` computes, per head
-``h`` and token ``t`` of a text, an attention score ``s_ht = x_t @ q_h +
-slope_h * p_t``, a softmax ``a_ht`` of the scores over the text's tokens, and
+``h`` and token ``t`` of a text, an attention logit ``x_t @ q_h +
+slope_h * p_t`` (a content score plus a position bias), a softmax ``a_ht`` of
+the logits over the text's tokens, and
 class logits ``sum_h sum_t a_ht * (x_t @ V_h) + b``. Token ``t`` therefore
 adds ``a_ht * (x_t @ V_h)[c]`` to the logit of class ``c`` through head ``h``:
 its *contribution*. Summed over tokens and heads, plus the intercept, the
@@ -100,8 +101,8 @@ def max_activating_examples(probe, X, tokens=None, *, n_examples=10, context=10,
     size of ``X`` (no tokens x heads x classes array of the dataset is ever
     built). For every head ``h`` it ranks
 
-    * tokens by attention weight ``a_ht`` (or score ``s_ht``, see
-      ``rank_by``);
+    * tokens by attention weight ``a_ht`` (or content score ``x_t @ q_h``,
+      see ``rank_by``);
     * for every class ``c``, tokens by their contribution
       ``a_ht * (x_t @ V_h)[c]`` to the logit of ``c``. Binary probes have one
       logit, the log-odds ``z`` of ``classes_[1]``: its list holds the
@@ -129,8 +130,12 @@ def max_activating_examples(probe, X, tokens=None, *, n_examples=10, context=10,
         a different text); None for no limit.
     rank_by : {"weight", "score"}, default="weight"
         Rank the attention lists by the weight ``a_ht`` (relative to the
-        text's other tokens) or by the score ``s_ht`` (comparable across
-        texts).
+        text's other tokens) or by the content score ``x_t @ q_h``
+        (comparable across texts). The score leaves out the position bias
+        ``slope_h * p_t``: the softmax fixes that term only up to a per-text
+        constant (counting positions from the first token instead of the last
+        fits the same probe), so ranking raw logits across texts would rank
+        an arbitrary choice of anchor.
     class_names : sequence of str or None, default=None
         Display names of ``probe.classes_``; None uses ``str`` of each label.
 

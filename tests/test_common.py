@@ -79,7 +79,7 @@ _needs_hf = pytest.mark.skipif(_TRANSFORMER is None, reason="needs the [hf] extr
 @parametrize_with_checks(
     [
         AttentionProbeClassifier(),
-        AttentionProbeClassifier(n_heads=4, position="first"),
+        AttentionProbeClassifier(n_heads=4, position_bias=False),
         MeanProbeClassifier(),
         LastTokenProbeClassifier(),
         ActivationScaler(),

@@ -23,10 +23,10 @@ def data():
                              dtype=np.float64, random_state=0, return_ragged=True)
 
 
-@pytest.mark.parametrize("position", ["last", None])
-def test_attention_cv_reproduces_grid_search(data, position):
+@pytest.mark.parametrize("position_bias", [True, False])
+def test_attention_cv_reproduces_grid_search(data, position_bias):
     X, y = data
-    params = dict(n_heads=2, max_iter=80, position=position, random_state=0)
+    params = dict(n_heads=2, max_iter=80, position_bias=position_bias, random_state=0)
     gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": GRID},
                       cv=4).fit(X, y)
     cv = AttentionProbeClassifierCV(weight_decays=GRID, cv=4, **params).fit(X, y)

@@ -79,7 +79,7 @@ def _manual_logits(probe, pooled_heads):
 
 def test_large_last_slope_is_last_token_pooling():
     X, y = ragged_data(dtype=np.float64)
-    probe = AttentionProbeClassifier(n_heads=2, position="last", **FAST_ATTN).fit(X, y)
+    probe = AttentionProbeClassifier(n_heads=2, **FAST_ATTN).fit(X, y)
     with torch.no_grad():
         probe.module_.slope.fill_(1e4)
     last = np.stack([x[-1] for x in X])
