@@ -2,8 +2,14 @@
 
 Importing this module imports numba (an ImportError here sends the caller to
 the reference path). The kernels run serially on one torch thread and over
-``torch.get_num_threads()`` chunks of texts otherwise.
+``torch.get_num_threads()`` chunks of texts otherwise. Their products are
+BLAS calls (numba's ``np.dot``, through SciPy's BLAS), held to one BLAS
+thread while a kernel runs: the parallelism is ours, over texts, and a
+one-thread probe stays on one thread.
 """
+
+import contextlib
+import functools
 
 import numba
 import numpy as np
@@ -12,6 +18,30 @@ import torch
 from . import _fused_numba as kernels
 
 _KIND = {torch.float16: 1, torch.bfloat16: 2}
+
+
+@functools.cache
+def _blas_libraries():
+    """threadpoolctl's handles on the loaded BLAS libraries (found once)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a scikit-learn dependency
+        return ()
+    return tuple(lib for lib in ThreadpoolController().lib_controllers
+                 if lib.user_api == "blas")
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    libs = _blas_libraries()
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
 
 
 def _threads():
@@ -43,8 +73,9 @@ def forward(x, lengths, query, slope, code):
     run = kernels.forward if n > 1 else kernels.forward_serial
     if n > 1:
         numba.set_num_threads(n)
-    run(xf, xh, _np(lengths), kind, _np(query.T), _np(slope), code, pooled.numpy(),
-        lse.numpy(), n)
+    with _one_blas_thread():
+        run(xf, xh, _np(lengths), kind, _np(query.T), _np(slope), code, pooled.numpy(),
+            lse.numpy(), n)
     return pooled, lse
 
 
@@ -57,6 +88,7 @@ def backward(x, lengths, query, slope, code, pooled, lse, dpooled):
     run = kernels.backward if n > 1 else kernels.backward_serial
     if n > 1:
         numba.set_num_threads(n)
-    run(xf, xh, _np(lengths), kind, _np(query.T), _np(slope), code, pooled.numpy(),
-        lse.numpy(), _np(dpooled.to(query.dtype)), dq, ds)
+    with _one_blas_thread():
+        run(xf, xh, _np(lengths), kind, _np(query.T), _np(slope), code, pooled.numpy(),
+            lse.numpy(), _np(dpooled.to(query.dtype)), dq, ds)
     return torch.from_numpy(dq.sum(0).T.copy()), torch.from_numpy(ds.sum(0))

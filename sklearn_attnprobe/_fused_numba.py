@@ -8,9 +8,10 @@ Half-precision activations arrive as their raw 16-bit patterns (numba has no
 float16 type) and are widened to float32 into a per-text scratch buffer, so no
 float32 copy of the data set ever exists.
 
-Inner loops run over tokens in groups of four so that each load of a query
-row, a pooled row or a ``dQ`` row serves four tokens; ``fastmath`` lets LLVM
-vectorise the reductions over ``d``.
+The products with the activations (logits, pooled sums, ``dA`` and the
+``dQ`` update) are per-text BLAS calls through numba's ``np.dot``; the
+element-wise work between them (position term, softmax, ``dlogit``) is
+compiled loops.
 
 Position codes: 0 none, 1 "last" (``p_t = t - (L - 1)``), 2 "first"
 (``p_t = -t``), computed from integers in the accumulation dtype.
@@ -66,68 +67,19 @@ def _text(xf, xh, i, L, kind, scratch):
 
 
 @njit(**_OPTS)
-def _dots(xt, t, n, u, v, out_u, out_v):
-    """``out_u[r] = x_{t+r} . u`` and ``out_v[r] = x_{t+r} . v`` for ``r < n <= 2``
-    (four dot products per pass: four loads per four multiply-adds; wider
-    blocks measured slower, as their accumulators no longer fit in registers)."""
-    zero = u.dtype.type(0)
-    if n == 2:
-        x0, x1 = xt[t], xt[t + 1]
-        a0 = a1 = b0 = b1 = zero
-        for j in range(u.shape[0]):
-            p, q = u[j], v[j]
-            a0 += x0[j] * p
-            a1 += x1[j] * p
-            b0 += x0[j] * q
-            b1 += x1[j] * q
-        out_u[0], out_u[1], out_v[0], out_v[1] = a0, a1, b0, b1
-        return
-    x0 = xt[t]
-    a0 = b0 = zero
-    for j in range(u.shape[0]):
-        a0 += x0[j] * u[j]
-        b0 += x0[j] * v[j]
-    out_u[0], out_v[0] = a0, b0
+def _logits(xt, L, qT, slope, code):
+    """``(H, L)`` logits ``x_t . q_h + slope_h * p_t`` of the ``L`` real tokens.
 
-
-@njit(**_OPTS)
-def _logits(xt, L, qT, slope, code, out):
-    """``out[h, t] = x_t . q_h + slope_h * p_t`` for the ``L`` real tokens."""
+    The products are one ``(L, d) @ (d, H)`` BLAS call (numba's ``np.dot``):
+    measured 6x faster than the hand-written dot products it replaced at
+    d 32, H 8 (the reductions over a short ``d`` vectorised poorly)."""
+    S = np.dot(xt[:L], qT.T)  # (L, H)
     H = qT.shape[0]
-    bu = np.empty(2, qT.dtype)
-    bv = np.empty(2, qT.dtype)
-    for t in range(0, L, 2):
-        n = min(2, L - t)
-        for h in range(0, H, 2):
-            h2 = min(h + 1, H - 1)  # odd H: the last head twice
-            _dots(xt, t, n, qT[h], qT[h2], bu, bv)
-            for r in range(n):
-                out[h, t + r] = bu[r] + slope[h] * _position(t + r, L, code)
-                out[h2, t + r] = bv[r] + slope[h2] * _position(t + r, L, code)
-
-
-@njit(**_OPTS)
-def _weighted_sum(xt, L, w, out):
-    """``out[h] += sum_t w[h, t] x_t`` (a ``(H, L) @ (L, d)`` product), four
-    tokens per pass over a row of ``out`` (one head at a time: with two, LLVM
-    stops vectorising, as it would need too many run-time aliasing checks)."""
-    H, d = out.shape
-    t = 0
-    while t + 4 <= L:
-        x0, x1, x2, x3 = xt[t], xt[t + 1], xt[t + 2], xt[t + 3]
-        for h in range(H):
-            o = out[h]
-            w0, w1, w2, w3 = w[h, t], w[h, t + 1], w[h, t + 2], w[h, t + 3]
-            for j in range(d):
-                o[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j]
-        t += 4
-    for r in range(t, L):
-        xr = xt[r]
-        for h in range(H):
-            o = out[h]
-            w0 = w[h, r]
-            for j in range(d):
-                o[j] += w0 * xr[j]
+    out = np.empty((H, L), dtype=qT.dtype)
+    for h in range(H):
+        for t in range(L):
+            out[h, t] = S[t, h] + slope[h] * _position(t, L, code)
+    return out
 
 
 @njit(**_OPTS)
@@ -153,11 +105,9 @@ def _softmax_rows(logits, L, lse_out):
 def _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, i, scratch):
     L = lengths[i]
     xt = _text(xf, xh, i, L, kind, scratch)
-    w = np.empty((qT.shape[0], L), dtype=qT.dtype)
-    _logits(xt, L, qT, slope, code, w)
+    w = _logits(xt, L, qT, slope, code)
     _softmax_rows(w, L, lse[i])
-    pooled[i, :, :] = 0
-    _weighted_sum(xt, L, w, pooled[i])
+    pooled[i, :, :] = np.dot(w, xt[:L])
 
 
 @njit(parallel=True, **_OPTS)
@@ -183,18 +133,14 @@ def forward_serial(xf, xh, lengths, kind, qT, slope, code, pooled, lse, n_chunks
 
 
 @njit(**_OPTS)
-def _dlogits(xt, L, qT, dpT, slope, code, lse, c, out):
-    """``out[h, t] = a_th (x_t . dp_h - c_h)`` with ``a`` recomputed from ``lse``."""
-    H = qT.shape[0]
-    bu = np.empty(2, qT.dtype)
-    bv = np.empty(2, qT.dtype)
-    for t in range(0, L, 2):
-        n = min(2, L - t)
-        for h in range(H):
-            _dots(xt, t, n, qT[h], dpT[h], bu, bv)
-            for r in range(n):
-                s = bu[r] + slope[h] * _position(t + r, L, code)
-                out[h, t + r] = np.exp(s - lse[h]) * (bv[r] - c[h])
+def _dlogits(xt, L, qT, dpT, slope, code, lse, c):
+    """``(H, L)``: ``a_th (x_t . dp_h - c_h)`` with ``a`` recomputed from ``lse``."""
+    g = _logits(xt, L, qT, slope, code)
+    dA = np.dot(xt[:L], dpT.T)  # (L, H)
+    for h in range(qT.shape[0]):
+        for t in range(L):
+            g[h, t] = np.exp(g[h, t] - lse[h]) * (dA[t, h] - c[h])
+    return g
 
 
 @njit(**_OPTS)
@@ -205,7 +151,6 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
     dq[:, :] = 0
     dslope[:] = 0
     scratch = np.empty((T if kind else 0, d), dtype=qT.dtype)
-    g = np.empty((H, T), dtype=qT.dtype)
     c = np.empty(H, dtype=qT.dtype)
     for i in range(start, stop):
         L = lengths[i]
@@ -215,14 +160,14 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
             for j in range(d):
                 acc += pooled[i, h, j] * dpooled[i, h, j]
             c[h] = acc
-        _dlogits(xt, L, qT, dpooled[i], slope, code, lse[i], c, g)
+        g = _dlogits(xt, L, qT, dpooled[i], slope, code, lse[i], c)
         if code:
             for h in range(H):
                 acc = qT.dtype.type(0)
                 for t in range(L):
                     acc += g[h, t] * _position(t, L, code)
                 dslope[h] += acc
-        _weighted_sum(xt, L, g, dq)
+        dq += np.dot(g, xt[:L])
 
 
 @njit(parallel=True, **_OPTS)
