@@ -20,6 +20,7 @@ from ._numerics import (
 )
 from ._packing import inverse_order
 from ._persistence import ProbePersistenceMixin
+from ._streaming import StreamingTrainingSet, should_stream
 from ._training import TrainingSet, fit_module
 from ._validation import validate_ragged, validate_targets
 
@@ -87,7 +88,10 @@ def _validation_split(train_set, y_enc, fraction, seed):
     rows = np.arange(len(y_packed))
     fit_rows, val_rows = train_test_split(rows, test_size=fraction, random_state=seed,
                                           stratify=y_packed)
-    return train_set.split(fit_rows), train_set.split(val_rows)
+    val_set = train_set.split(val_rows)
+    if hasattr(val_set, "materialize"):
+        val_set = val_set.materialize()  # streamed fit: the held-out part in memory
+    return train_set.split(fit_rows), val_set
 
 
 class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
@@ -127,6 +131,10 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
 
     def _module_compatible(self, module):
         return True
+
+    def _streams(self, source):
+        """Train from ``source`` minibatch by minibatch (see ._streaming)?"""
+        return should_stream(source, self.batch_size, self._solver())
 
     # -- fitting ---------------------------------------------------------------
     def _compute_dtype(self, source):
@@ -174,8 +182,15 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
             generator = torch.Generator().manual_seed(int(seed))
             module = self._make_module(source.d_model, n_outputs, pdtype, generator)
             module = module.to(device)
-        batch = self._training_batch(source, dtype, device)
-        train_set = TrainingSet(batch, y_enc, w, device=device, dtype=pdtype, seed=seed)
+        if self._streams(source):
+            # mapped activations: minibatches read from the file (._streaming)
+            batch = None
+            train_set = StreamingTrainingSet(source, y_enc, w, device=device, dtype=dtype,
+                                             param_dtype=pdtype, seed=seed)
+        else:
+            batch = self._training_batch(source, dtype, device)
+            train_set = TrainingSet(batch, y_enc, w, device=device, dtype=pdtype,
+                                    seed=seed)
         n_iter_no_change, validation_fraction = self._stopping()
         early_stopping = validation_fraction is not None and self._solver() == "adamw"
         validation_set = None

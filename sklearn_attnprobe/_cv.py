@@ -26,8 +26,9 @@ from ._base import module_logits
 from ._numerics import parameter_dtype, resolve_device
 from ._cv_base import _BaseProbeCV
 from ._modules import StackedAttentionProbeModule
-from ._packing import inverse_order, pack
-from ._training import TrainingSet, fit_module
+from ._packing import inverse_order
+from ._streaming import make_training_set
+from ._training import fit_module
 
 
 class AttentionProbeClassifierCV(_BaseProbeCV):
@@ -189,10 +190,11 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
             M, source.d_model, self.n_heads, n_outputs,
             position="last" if helper.position_bias else None,
             generators=generators, dtype=pdtype).to(device)
-        batch = pack(source, dtype, device)
         weights = np.repeat(W, n_wds, axis=1)  # (n, M)
-        train_set = TrainingSet(batch, y_enc, weights, device=device, dtype=pdtype,
-                                seed=seed)
+        # packed in memory, or streamed from a mapped source (._streaming)
+        train_set = make_training_set(source, y_enc, weights, solver=self.solver,
+                                      batch_size=self.batch_size, device=device,
+                                      dtype=dtype, param_dtype=pdtype, seed=seed)
         decays = torch.as_tensor(np.tile(wds, n_splits), dtype=pdtype, device=device)
         result = fit_module(
             module, train_set, solver=self.solver, learning_rate=self.learning_rate,
@@ -205,7 +207,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
             self.net_ = result.net
         elif hasattr(self, "net_"):
             del self.net_
-        del batch, train_set
+        del train_set
         # the stand-alone probe's prediction batches, through the stacked module
         logits, order = module_logits(module, helper._predict_batches(source, dtype, device))
         logits = logits[inverse_order(order)]

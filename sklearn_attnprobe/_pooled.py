@@ -158,6 +158,11 @@ class _PooledProbe(BaseProbe):
     def _make_module(self, d_model, n_outputs, dtype, generator):
         return LinearProbeModule(d_model, n_outputs, dtype=dtype)
 
+    def _streams(self, source):
+        # pooling is already one bounded pass over the texts; the fit then
+        # runs on the (n_texts, d_model) features in memory
+        return False
+
     def _training_batch(self, source, dtype, device):
         return PackedBatch([], features=pool_features(source, self._pooling, dtype, device),
                            order=np.arange(len(source)))

@@ -100,6 +100,9 @@ class TrainingSet(torch.utils.data.Dataset):
         self.block_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.steps_left = None  # skorch path: AdamW step budget; None = unlimited
+        # optional callable(n, batch_size, generator) -> minibatches of row ranks
+        # (rank r = the r-th text in source order), as in ._streaming
+        self.row_order = None
 
     def __len__(self):
         return len(self.batch)
@@ -138,6 +141,11 @@ class TrainingSet(torch.utils.data.Dataset):
     def epoch(self, batch_size):
         """One pass: ``(batch, (y, w))`` minibatches in a seeded random order."""
         n = len(self)
+        if self.row_order is not None:
+            packed = np.argsort(self.batch.order, kind="stable")  # rank -> packed row
+            for ranks in self.row_order(n, min(batch_size, n), self.generator):
+                yield self.subset(np.sort(packed[ranks]))
+            return
         if batch_size >= n:
             yield self.batch, (self.y, self.w)
             return
