@@ -36,6 +36,7 @@ from ._packing import (
     pack,
 )
 from ._ragged import RaggedArray
+from ._training import TrainingSet
 
 #: Texts per bucket of :func:`bucketed_order` is ``batch_size // BUCKETS_PER_BATCH``.
 BUCKETS_PER_BATCH = 8
@@ -229,8 +230,6 @@ class StreamingTrainingSet:
 
     def materialize(self):
         """An in-memory :class:`TrainingSet` of these rows (e.g. a validation split)."""
-        from ._training import TrainingSet
-
         batch = pack(self.source[self.rows], self.dtype, self.device)
         y = self.y.cpu().numpy()
         w = self.w.cpu().numpy()
@@ -279,22 +278,13 @@ class StreamingTrainingSet:
             copier.ready([b.x for b in batch.blocks], event)
             yield batch, yw
 
-    def batches(self, batch_size):
-        """:meth:`epoch`, cut to ``steps_left`` (the skorch path's step budget)."""
-        for item in self.epoch(batch_size):
-            if self.steps_left is not None:
-                if self.steps_left <= 0:
-                    return
-                self.steps_left -= 1
-            yield item
+    batches = TrainingSet.batches  # the skorch path's step budget, over epoch()
 
 
 def make_training_set(source, y, w, *, solver, batch_size, device, dtype,
                       param_dtype, seed, pack_source=pack):
     """A :class:`StreamingTrainingSet` when :func:`should_stream`, else the
     in-memory :class:`._training.TrainingSet` of ``pack_source(source, ...)``."""
-    from ._training import TrainingSet
-
     if should_stream(source, batch_size, solver):
         return StreamingTrainingSet(source, y, w, device=device, dtype=dtype,
                                     param_dtype=param_dtype, seed=seed)
