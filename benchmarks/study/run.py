@@ -1,7 +1,7 @@
 """Run the seed's probe comparison on real text and real activations.
 
     python -m benchmarks.study --quick          # one small task, one layer
-    python -m benchmarks.study                  # every task, layers 10 and 20
+    python -m benchmarks.study                  # every task, layers 8, 16 and 24
 
 Steps: build the labelled tasks offline (``tasks.py``, with checksums); run
 the language model once per task and keep the hidden states of the chosen
@@ -34,9 +34,10 @@ RESULTS = HERE.parent / "results"  # the committed results (--out to rewrite the
 # where a run writes unless told otherwise: outside the tracked results, in
 # the current folder (ignored by git), one subfolder per kind of run
 DEFAULT_OUT = Path("study-results")
-# texts per class in the study (default run): sized so that the whole study,
-# 2 layers x 6 methods x 5 tasks, runs in about half an hour on 2 CPU cores
+# texts per class in the study (default run; --size-factor scales them): the
+# five-task study of 2 layers ran in 50 minutes on 2 cores before the fit speed-ups
 STUDY_PER_CLASS = {"bbc_topic": 80, "natural_language": 50, "code_language": 40,
+                   "needle_start": 150, "needle_middle": 150, "needle_end": 150,
                    "python_tests": 150, "needle_language": 150}
 QUICK_PER_CLASS = 100
 
@@ -56,6 +57,8 @@ def parse_args(argv=None):
                    help=f"texts per class (default: {QUICK_PER_CLASS} with --quick, "
                    "else per task: " + ", ".join(f"{k} {v}" for k, v in STUDY_PER_CLASS.items())
                    + ")")
+    p.add_argument("--size-factor", type=float, default=1.0,
+                   help="scale every task's default texts per class (a reduced run)")
     p.add_argument("--max-length", type=int, default=128,
                    help="truncate texts to this many tokens")
     p.add_argument("--max-iter", type=int, default=500,
@@ -203,7 +206,8 @@ def main(argv=None):
     built = []
     for name in args.tasks:
         start = time.perf_counter()
-        n = args.n_per_class or (QUICK_PER_CLASS if args.quick else STUDY_PER_CLASS.get(name))
+        n = args.n_per_class or (QUICK_PER_CLASS if args.quick else
+                                 max(1, round(STUDY_PER_CLASS[name] * args.size_factor)))
         built.append(task_lib.build_task(name, n_per_class=n, seed=args.seed))
         t = built[-1]
         _log(f"task {name}: {len(t.texts)} texts, {t.n_classes} classes, sha256 "
@@ -233,6 +237,12 @@ def main(argv=None):
 
     import csv
 
+    from . import stats
+
+    pred_rows = stats.prediction_rows(rows, configs)
+    stats.write_csv(pred_rows, args.out / "predictions.csv")
+    intervals = stats.pairwise_intervals(pred_rows, seed=args.seed)
+    stats.write_csv(intervals, args.out / "intervals.csv")
     with open(args.out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -240,6 +250,7 @@ def main(argv=None):
     write_accuracy_table(rows, args.out / "accuracy.csv")
     needle = [t.name for t in built if t.kind == "needle"]
     tables = markdown_tables(rows, needle_tasks=needle)
+    tables += "\n\n" + stats.claims_markdown(intervals)
     info = {
         "command": "python -m benchmarks.study " + " ".join(argv if argv is not None
                                                            else sys.argv[1:]),
@@ -260,9 +271,14 @@ def main(argv=None):
               f"probes {t_fit:.0f} s).")
     (args.out / "results.md").write_text(tables + "\n\n" + footer + "\n")
     figures = plot_figures(rows, args.out)
+    from .position_figure import plot_position
+
+    if plot_position(pred_rows, args.out / "accuracy_by_position.png"):
+        figures.append(str(args.out / "accuracy_by_position.png"))
     print(tables + "\n\n" + footer)
     written = [args.out / name for name in
-               ("results.csv", "accuracy.csv", "results.md", "run.json", "datasets.json")]
+               ("results.csv", "accuracy.csv", "results.md", "run.json", "datasets.json",
+                "predictions.csv", "intervals.csv")]
     written += [Path(f) for f in figures]
     written += report_files(configs)
     print(describe_outputs(args.out, written, args.cache))

@@ -112,8 +112,13 @@ _BUILDERS = {
     "python_tests": (code.build_python_tests, 200),
     "needle_language": (prose.build_needle_language, 150),
 }
+for _pos in prose.POSITIONS:          # the controlled family: evidence at one place
+    _BUILDERS[f"needle_{_pos}"] = (
+        (lambda pos: lambda name, n, seed: prose.build_needle_position(
+            name, n, seed, pos))(_pos), 150)
+POSITION_TASKS = tuple(f"needle_{p}" for p in prose.POSITIONS)
 TASK_NAMES = ("bbc_topic", "natural_language", "code_language", "python_tests",
-              "needle_language")
+              "needle_language") + POSITION_TASKS
 QUICK_TASK = "needle_language"
 
 
