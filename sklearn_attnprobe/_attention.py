@@ -11,8 +11,11 @@ from sklearn.base import _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import BaseProbe
+from ._fused import reads_half_directly
 from ._modules import AttentionProbeModule
-from ._packing import PackedBatch, iter_blocks, pack
+from ._numerics import resolve_device
+from ._packing import PackedBatch, pack
+from ._streaming import iter_blocks
 from ._validation import validate_ragged
 
 
@@ -99,8 +102,10 @@ class AttentionProbeClassifier(BaseProbe):
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``..., or ``"auto"`` (CUDA if present).
     compute_dtype : {"auto", "float32", "float64", "bfloat16", "float16"}, default="auto"
         Dtype of the working copy and of the big matrix products. ``"auto"``
-        is float64 for float64 input and float32 otherwise (float16 input is
-        upcast block by block, never as a whole). ``"bfloat16"`` and
+        is float64 for float64 input, float16 for float16 input where the fused
+        kernel reads it directly (CPU with numba, CUDA with Triton: float32
+        accumulation, so the result is that of a float32 copy at half the
+        memory), and float32 otherwise (float16 input upcast block by block). ``"bfloat16"`` and
         ``"float16"`` keep the working copy in half precision (half the memory,
         no float32 copy of the data) while parameters, gradients and the
         optimizer state stay float32; softmax normalisation runs in float32.
@@ -224,6 +229,15 @@ class AttentionProbeClassifier(BaseProbe):
         self : AttentionProbeClassifier
         """
         return self._fit(X, y, sample_weight)
+
+    def _compute_dtype(self, source):
+        # float16 activations stay float16 where the fused kernel reads them
+        # directly: the float32 conversion is exact, so nothing changes but the
+        # working copy's size (half) and one pass over the data (saved)
+        if (self.compute_dtype == "auto" and source.dtype == np.float16
+                and reads_half_directly(resolve_device(self.device))):
+            return torch.float16
+        return super()._compute_dtype(source)
 
     def _make_module(self, d_model, n_outputs, dtype, generator):
         return AttentionProbeModule(d_model, self.n_heads, n_outputs,

@@ -20,8 +20,8 @@ from ._numerics import (
 )
 from ._packing import inverse_order
 from ._persistence import ProbePersistenceMixin
-from ._streaming import StreamingTrainingSet, should_stream
-from ._training import TrainingSet, fit_module
+from ._streaming import make_training_set, should_stream
+from ._training import fit_module
 from ._validation import validate_ragged, validate_targets
 
 def encode_labels(y):
@@ -134,7 +134,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
 
     def _streams(self, source):
         """Train from ``source`` minibatch by minibatch (see ._streaming)?"""
-        return should_stream(source, self.batch_size, self._solver())
+        return should_stream(source, self.batch_size)
 
     # -- fitting ---------------------------------------------------------------
     def _compute_dtype(self, source):
@@ -182,15 +182,11 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
             generator = torch.Generator().manual_seed(int(seed))
             module = self._make_module(source.d_model, n_outputs, pdtype, generator)
             module = module.to(device)
-        if self._streams(source):
-            # mapped activations: minibatches read from the file (._streaming)
-            batch = None
-            train_set = StreamingTrainingSet(source, y_enc, w, device=device, dtype=dtype,
-                                             param_dtype=pdtype, seed=seed)
-        else:
-            batch = self._training_batch(source, dtype, device)
-            train_set = TrainingSet(batch, y_enc, w, device=device, dtype=pdtype,
-                                    seed=seed)
+        # packed in memory, or read from a mapped file as it trains (._streaming)
+        train_set = make_training_set(source, y_enc, w, batch_size=self.batch_size,
+                                      device=device, dtype=dtype, param_dtype=pdtype,
+                                      seed=seed, stream=self._streams(source),
+                                      pack_source=self._training_batch)
         n_iter_no_change, validation_fraction = self._stopping()
         early_stopping = validation_fraction is not None and self._solver() == "adamw"
         validation_set = None
@@ -211,7 +207,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
             verbose=self.verbose,
             desc=type(self).__name__,
         )
-        del batch, train_set, validation_set
+        del train_set, validation_set
         self.module_ = module
         self.compute_dtype_ = dtype
         self.n_iter_ = int(result.n_iter[0])

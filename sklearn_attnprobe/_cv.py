@@ -192,7 +192,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
             generators=generators, dtype=pdtype).to(device)
         weights = np.repeat(W, n_wds, axis=1)  # (n, M)
         # packed in memory, or streamed from a mapped source (._streaming)
-        train_set = make_training_set(source, y_enc, weights, solver=self.solver,
+        train_set = make_training_set(source, y_enc, weights,
                                       batch_size=self.batch_size, device=device,
                                       dtype=dtype, param_dtype=pdtype, seed=seed)
         decays = torch.as_tensor(np.tile(wds, n_splits), dtype=pdtype, device=device)

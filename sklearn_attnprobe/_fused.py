@@ -60,6 +60,18 @@ def load_backend(name):
     return _loaded[name]
 
 
+def reads_half_directly(device):
+    """Whether blocks of float16 on ``device`` train through a fused backend,
+    which reads them as they are (float32 accumulation): then a float32
+    working copy of float16 activations would only double the memory."""
+    if _disabled:
+        return False
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return load_backend("numba") is not None
+    return kind == "cuda" and load_backend("triton") is not None
+
+
 def backend_for(x):
     """The backend that runs blocks like ``x``, or None for the reference path."""
     if _disabled or x.requires_grad:

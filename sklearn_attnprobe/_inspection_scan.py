@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._attention import AttentionProbeClassifier
 from ._cv import AttentionProbeClassifierCV
 from ._kernels import masked_softmax
-from ._packing import iter_blocks
+from ._streaming import iter_blocks
 from ._ragged import RaggedArray
 from ._numerics import flush_denormal
 from ._validation import validate_ragged

@@ -22,7 +22,9 @@ from ._training import (
     FitResult,
     _lbfgs_options,
     fused_adamw_supported,
+    model_penalties,
     objectives,
+    per_sample_log_loss,
 )
 
 # Each parameter of a stacked module: the axis that indexes models, and
@@ -195,20 +197,35 @@ def _accuracy(logits, y, w):
     return float(((pred == y).to(w.dtype) * w).sum() / w.sum())
 
 
-def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc):
-    """Full-batch L-BFGS with a strong Wolfe line search; see :func:`fit_module`."""
+def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc,
+               batch_size=None):
+    """Full-batch L-BFGS with a strong Wolfe line search; see :func:`fit_module`.
+
+    Each evaluation of the objective is one pass of ``train_set.full_pass``:
+    the whole packed batch in memory, or a streamed set's texts read from
+    the file in order, ``batch_size`` at a time, with the gradients of the
+    parts accumulated (the same objective, never all texts in memory).
+    """
     options = _lbfgs_options(max_iter, tol)
     optimizer = torch.optim.LBFGS(module.parameters(), lr=1.0, **options)
-    batch, y, w = train_set.batch, train_set.y, train_set.w
+    total_w = train_set.w.sum(dim=0).clamp_min(torch.finfo(train_set.w.dtype).tiny)
     losses = []
     report = ProgressReporter(max_iter, verbose, desc, unit="eval")
     start = time.perf_counter()
 
     def closure():
         optimizer.zero_grad(set_to_none=False)
-        obj = objectives(module, batch, y, w, weight_decay).sum()
-        obj.backward()
-        losses.append(obj.detach())
+        obj = 0.0
+        for batch, (y, w) in train_set.full_pass(batch_size):
+            # this part's share of the weighted mean over all texts
+            part = (per_sample_log_loss(module(batch), y) * w).sum(dim=0) / total_w
+            part.sum().backward()
+            obj = obj + part.detach().sum()
+        if torch.is_tensor(weight_decay) or weight_decay:
+            penalty = model_penalties(module, weight_decay).sum()
+            penalty.backward()
+            obj = obj + penalty.detach()
+        losses.append(obj)
         report.advance(1)
         return obj
 

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from ._fused import backend_for, fused_attention_pool
+from ._numerics import HALF_DTYPES
+from ._packing import Block
 from ._kernels import (
     attention_logits,
     attention_pool,
@@ -33,6 +35,13 @@ def init_values(d_model, n_heads, n_outputs, generator, dtype):
 def _check_position(position):
     if position not in POSITIONS:
         raise ValueError(f"position must be one of {POSITIONS}; got {position!r}")
+
+
+def _widened(block):
+    """``block`` with half-precision activations as float32 (exact), else itself."""
+    if block.x.dtype not in HALF_DTYPES:
+        return block
+    return Block(block.x.float(), block.mask, block.lengths, block.index)
 
 
 class AttentionProbeModule(nn.Module):
@@ -101,7 +110,11 @@ class AttentionProbeModule(nn.Module):
                               self.position, positions=positions, padding=block.padding())
 
     def attention_scores(self, block):
-        """``(k, H, T)`` attention logits (position bias included) of one block."""
+        """``(k, H, T)`` attention logits (position bias included) of one block.
+
+        Half-precision blocks are scored in float32 (one block at a time), so
+        inspected weights do not depend on the compute dtype."""
+        block = _widened(block)
         query, slope, positions = self._kernel_args(block)
         return attention_logits(block.x, block.lengths, query, slope, self.position,
                                 positions=positions)
@@ -110,6 +123,7 @@ class AttentionProbeModule(nn.Module):
         """``(k, H, T)`` content part ``x_t @ q_h`` of the logits, without the
         position bias: the part that is comparable across texts (the softmax
         leaves the position term defined only up to a per-text constant)."""
+        block = _widened(block)
         return attention_logits(block.x, block.lengths, self.query.to(block.x.dtype))
 
     def pool_block(self, block):

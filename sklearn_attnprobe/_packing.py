@@ -158,10 +158,14 @@ def make_block(source, idx, dtype, device):
     return Block(x, mask, lengths_t, np.asarray(idx))
 
 
-def _block_indices(source, growth, device, max_elements):
-    """Text positions of each block: length buckets cut to ``max_elements``."""
+def _block_indices(source, growth, device, max_elements, rows=None):
+    """Text positions of each block (of all texts, or of ``rows``): length
+    buckets cut to ``max_elements``."""
     d = source.d_model
-    for idx in length_buckets(source.lengths, growth, d, block_overhead(device)):
+    lengths = source.lengths if rows is None else source.lengths[rows]
+    for idx in length_buckets(lengths, growth, d, block_overhead(device)):
+        if rows is not None:
+            idx = rows[idx]
         T = int(source.lengths[idx].max())
         per_chunk = max(1, max_elements // (T * d))
         for start in range(0, len(idx), per_chunk):

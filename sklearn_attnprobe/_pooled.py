@@ -10,7 +10,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ._base import BaseProbe
 from ._numerics import parameter_dtype
 from ._modules import POOLERS, LinearProbeModule
-from ._packing import PackedBatch, inverse_order, iter_blocks
+from ._packing import PackedBatch, inverse_order
+from ._streaming import iter_blocks
 
 _SHARED_DOC = """
     Parameters

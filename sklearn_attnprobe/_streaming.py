@@ -2,8 +2,9 @@
 
 When a fit's texts live in a memory-mapped :class:`RaggedArray` (``RaggedArray.load(
 path, mmap_mode="r")`` or the extraction cache's output) and ``batch_size`` is set,
-the AdamW loop is fed by a :class:`StreamingTrainingSet` instead of one packed
-working copy of every text:
+the training loops are fed by a :class:`StreamingTrainingSet` instead of one packed
+working copy of every text (AdamW takes its minibatches from it; each L-BFGS
+evaluation reads every text once, in file order, ``batch_size`` at a time):
 
 * minibatches are drawn in a *bucketed* order (:func:`bucketed_order`): runs of
   neighbouring texts are shuffled as units, so each minibatch reads a few long
@@ -26,20 +27,28 @@ import numpy as np
 import torch
 
 from ._packing import (
+    DEFAULT_GROWTH,
+    PREDICT_BLOCK_ELEMENTS,
     TRAIN_BLOCK_ELEMENTS,
     Block,
     PackedBatch,
+    _block_indices,
     _check_finite,
     block_overhead,
     gather_padded,
     length_buckets,
+    make_block,
     pack,
 )
+from ._packing import iter_blocks as pack_blocks
 from ._ragged import RaggedArray
 from ._training import TrainingSet
 
 #: Texts per bucket of :func:`bucketed_order` is ``batch_size // BUCKETS_PER_BATCH``.
 BUCKETS_PER_BATCH = 8
+#: :func:`iter_blocks` over a mapped file: the window of consecutive texts cut
+#: into length buckets, in blocks (more: less padding, reads less sequential).
+CHUNKS_PER_WINDOW = 8
 
 
 def is_mapped(source):
@@ -49,9 +58,10 @@ def is_mapped(source):
             and getattr(source.data, "filename", None) is not None)
 
 
-def should_stream(source, batch_size, solver):
-    """Streamed training: minibatch AdamW on a memory-mapped source."""
-    return batch_size is not None and solver == "adamw" and is_mapped(source)
+def should_stream(source, batch_size):
+    """Streamed training: ``batch_size`` set and a memory-mapped source (AdamW
+    minibatches, or L-BFGS evaluations accumulated ``batch_size`` texts at a time)."""
+    return batch_size is not None and is_mapped(source)
 
 
 def random_order(n, batch_size, generator):
@@ -267,7 +277,16 @@ class StreamingTrainingSet:
 
     def epoch(self, batch_size):
         """One pass of ``(batch, (y, w))`` minibatches, read one step ahead."""
-        order = self._order(min(int(batch_size), len(self)))
+        yield from self._serve(self._order(min(int(batch_size), len(self))))
+
+    def full_pass(self, batch_size):
+        """Every text once, in file order, ``batch_size`` at a time (the parts
+        of one full-batch L-BFGS evaluation), read one part ahead."""
+        n = len(self)
+        step = n if batch_size is None else max(1, min(int(batch_size), n))
+        yield from self._serve([np.arange(i, min(i + step, n)) for i in range(0, n, step)])
+
+    def _serve(self, order):
         copier = _DeviceCopier(self.device, self.dtype)
 
         def items():
@@ -281,11 +300,51 @@ class StreamingTrainingSet:
     batches = TrainingSet.batches  # the skorch path's step budget, over epoch()
 
 
-def make_training_set(source, y, w, *, solver, batch_size, device, dtype,
-                      param_dtype, seed, pack_source=pack):
-    """A :class:`StreamingTrainingSet` when :func:`should_stream`, else the
-    in-memory :class:`._training.TrainingSet` of ``pack_source(source, ...)``."""
-    if should_stream(source, batch_size, solver):
+def _file_chunks(source, max_elements):
+    """Consecutive row ranges ``(lo, hi)`` of at most ``max_elements`` values
+    each (one text more only when a single text is larger)."""
+    ends = np.cumsum(source.lengths) * source.d_model
+    lo = 0
+    while lo < len(source):
+        base = ends[lo - 1] if lo else 0
+        hi = int(np.searchsorted(ends, base + max_elements, side="right"))
+        hi = max(hi, lo + 1)
+        yield lo, hi
+        lo = hi
+
+
+def iter_blocks(source, dtype, device, growth=DEFAULT_GROWTH,
+                max_elements=PREDICT_BLOCK_ELEMENTS):
+    """Blocks covering every text of ``source``, each of at most ``max_elements``
+    padded values (prediction, inspection, pooling: bounded memory).
+
+    In memory: :func:`._packing.iter_blocks` (length buckets over all texts,
+    the least padding). Memory-mapped: the file is walked front to back in
+    chunks of ``CHUNKS_PER_WINDOW * max_elements`` values, each chunk cut into
+    length buckets, and blocks are read one ahead by a background thread, so
+    the disk reads sequentially and the read overlaps the compute.
+    """
+    if not is_mapped(source):
+        yield from pack_blocks(source, dtype, device, growth, max_elements)
+        return
+
+    def items():
+        for lo, hi in _file_chunks(source, CHUNKS_PER_WINDOW * max_elements):
+            rows = np.arange(lo, hi, dtype=np.int64)
+            for idx in _block_indices(source, growth, device, max_elements, rows):
+                yield make_block(source, idx, dtype, device)
+
+    yield from prefetch(items)
+
+
+def make_training_set(source, y, w, *, batch_size, device, dtype, param_dtype, seed,
+                      stream=None, pack_source=pack):
+    """A :class:`StreamingTrainingSet` when ``stream`` (default:
+    :func:`should_stream`), else the in-memory :class:`._training.TrainingSet`
+    of ``pack_source(source, dtype, device)``."""
+    if stream is None:
+        stream = should_stream(source, batch_size)
+    if stream:
         return StreamingTrainingSet(source, y, w, device=device, dtype=dtype,
                                     param_dtype=param_dtype, seed=seed)
     batch = pack_source(source, dtype, device)

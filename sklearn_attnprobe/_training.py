@@ -153,6 +153,11 @@ class TrainingSet(torch.utils.data.Dataset):
         for i in range(0, n, batch_size):
             yield self.subset(np.sort(perm[i : i + batch_size]))
 
+    def full_pass(self, batch_size=None):
+        """All texts for one evaluation of the full-batch objective (L-BFGS):
+        here the packed batch, at once."""
+        yield self.batch, (self.y, self.w)
+
     def batches(self, batch_size):
         """:meth:`epoch`, cut to ``steps_left`` (the skorch path's step budget)."""
         for item in self.epoch(batch_size):
@@ -224,6 +229,10 @@ def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size
     bs = n if batch_size is None else min(int(batch_size), n)
     if solver not in ("adamw", "lbfgs"):
         raise ValueError(f"unknown solver {solver!r}")
+    if callbacks and solver == "lbfgs" and getattr(train_set, "source", None) is not None:
+        raise ValueError(
+            "skorch callbacks with solver='lbfgs' need the texts in memory; for a "
+            "memory-mapped X use solver='adamw', or drop the callbacks")
     with flush_denormal():
         if callbacks:
             result = _fit_with_skorch(module, train_set, solver, learning_rate, max_iter,
@@ -231,6 +240,7 @@ def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size
                                       callbacks, verbose)
         elif solver == "lbfgs":
             result = lbfgs_loop(module, train_set, max_iter=max_iter, tol=tol,
+                                batch_size=bs,
                                 weight_decay=weight_decay, verbose=verbose, desc=desc)
         else:
             result = adamw_loop(module, train_set, learning_rate=learning_rate,

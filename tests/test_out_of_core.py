@@ -188,3 +188,83 @@ def test_anonymous_memory_stays_below_the_file_size(tmp_path):
     assert est.n_iter_ == 12
     assert peak[0] < budget < file_bytes / 4, (peak[0], file_bytes)
 
+
+
+def test_lbfgs_streams_the_same_objective(mapped_task, monkeypatch):
+    """L-BFGS on a mapped file reads it in parts of ``batch_size`` texts and
+    accumulates their gradients: the full-batch objective, never all texts."""
+    Xm, X, y = mapped_task
+    calls = []
+    original = StreamingTrainingSet.minibatch
+
+    def spy(self, ranks, copier=None):
+        calls.append(np.asarray(ranks).copy())
+        return original(self, ranks, copier)
+
+    monkeypatch.setattr(StreamingTrainingSet, "minibatch", spy)
+    params = dict(n_heads=2, solver="lbfgs", batch_size=48, max_iter=25,
+                  compute_dtype="float64", random_state=0)
+    streamed = AttentionProbeClassifier(**params).fit(Xm, y)
+    assert calls and max(len(c) for c in calls) <= 48
+    # each evaluation walks the file front to back
+    assert np.array_equal(np.concatenate(calls[:4]), np.arange(len(y)))
+    n = len(calls)
+    in_memory = AttentionProbeClassifier(**params).fit(X, y)
+    assert len(calls) == n
+    assert streamed.n_iter_ == in_memory.n_iter_
+    np.testing.assert_allclose(streamed.decision_function(X),
+                               in_memory.decision_function(X), rtol=1e-6, atol=1e-8)
+    cv_params = dict(weight_decays=(0.0, 1e-2), cv=2, solver="lbfgs", max_iter=15,
+                     compute_dtype="float64", random_state=0)
+    cv_streamed = AttentionProbeClassifierCV(batch_size=64, **cv_params).fit(Xm, y)
+    assert len(calls) > n
+    cv_memory = AttentionProbeClassifierCV(**cv_params).fit(X, y)
+    np.testing.assert_allclose(cv_streamed.cv_results_["mean_test_score"],
+                               cv_memory.cv_results_["mean_test_score"])
+    np.testing.assert_allclose(cv_streamed.decision_function(X),
+                               cv_memory.decision_function(X), rtol=1e-6, atol=1e-8)
+
+
+def test_blocks_of_a_mapped_file_are_read_front_to_back(mapped_task, monkeypatch):
+    from sklearn_attnprobe import _streaming
+
+    Xm, X, y = mapped_task
+    limit = 4096  # values per block: a few texts each
+    blocks = list(_streaming.iter_blocks(Xm, torch.float32, "cpu", max_elements=limit))
+    index = np.concatenate([b.index for b in blocks])
+    assert sorted(index.tolist()) == list(range(len(y)))  # every text once
+    assert all(b.x.numel() <= limit or len(b) == 1 for b in blocks)
+    windows = list(_streaming._file_chunks(Xm, _streaming.CHUNKS_PER_WINDOW * limit))
+    assert len(windows) > 2
+    window_of = np.searchsorted([hi for _, hi in windows], index, side="right")
+    block_window = [window_of[np.isin(index, b.index)] for b in blocks]
+    assert all(len(set(w.tolist())) == 1 for w in block_window)  # a block: one window
+    order = [int(w[0]) for w in block_window]
+    assert order == sorted(order)  # windows in file order
+    for b in blocks:  # and the values are the texts'
+        for j, i in enumerate(b.index):
+            np.testing.assert_array_equal(b.x[j, : X.lengths[i]].numpy(), X[int(i)])
+    # an in-memory source keeps the global length buckets (least padding)
+    mem = list(_streaming.iter_blocks(X, torch.float32, "cpu", max_elements=limit))
+    assert sum(b.x.numel() for b in mem) <= sum(b.x.numel() for b in blocks)
+
+
+def test_auto_compute_dtype_keeps_float16_activations(mapped_task):
+    """float16 input trains in float16 where the fused kernel reads it directly;
+    the kernel accumulates in float32, so the fit is that of a float32 copy."""
+    from sklearn_attnprobe._fused import reads_half_directly
+
+    _, X, y = mapped_task
+    X16 = RaggedArray(X.data.astype(np.float16), X.offsets)
+    params = dict(n_heads=2, max_iter=30, n_iter_no_change=None, random_state=0)
+    auto = AttentionProbeClassifier(**params).fit(X16, y)
+    wide = AttentionProbeClassifier(compute_dtype="float32", **params).fit(X16, y)
+    if not reads_half_directly("cpu"):
+        pytest.skip("no fused CPU backend (numba): 'auto' widens to float32")
+    assert auto.compute_dtype_ == torch.float16
+    assert wide.compute_dtype_ == torch.float32
+    np.testing.assert_allclose(auto.decision_function(X16), wide.decision_function(X16),
+                               rtol=1e-4, atol=1e-5)
+    for a, b in zip(auto.attention_weights(X16[:20]), wide.attention_weights(X16[:20])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert auto.attention_weights(X16[:1])[0].dtype == np.float64
