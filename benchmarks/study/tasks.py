@@ -23,10 +23,12 @@ import numpy as np
 try:                                     # imported as benchmarks.study.tasks
     from . import _code_tasks as code
     from . import _prose_tasks as prose
+    from . import _source_tasks as source
     from . import _task_common as common
 except ImportError:                      # run as a script from this folder
     import _code_tasks as code
     import _prose_tasks as prose
+    import _source_tasks as source
     import _task_common as common
 
 __all__ = ["Task", "TASK_NAMES", "QUICK_TASK", "build_task", "manifest",
@@ -41,6 +43,7 @@ NEEDLE_MAX_END, NEEDLE_MAX_TOKENS = prose.NEEDLE_MAX_END, prose.NEEDLE_MAX_TOKEN
 estimated_tokens = prose.estimated_tokens
 CODE_CLASSES, CODE_LICENSE = code.CODE_CLASSES, code.CODE_LICENSE
 PT_PACKAGES = code.PT_PACKAGES
+PL_LIBRARIES, DS_CLASSES = code.PL_LIBRARIES, source.DS_CLASSES
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ _BUILDERS = {
     "natural_language": (prose.build_natural_language, 90),
     "code_language": (code.build_code_language, 80),
     "python_tests": (code.build_python_tests, 200),
+    "python_library": (code.build_python_library, 200),
+    "data_source": (source.build_data_source, 200),
     "needle_language": (prose.build_needle_language, 150),
 }
 for _pos in prose.POSITIONS:          # the controlled family: evidence at one place
@@ -118,7 +123,7 @@ for _pos in prose.POSITIONS:          # the controlled family: evidence at one p
             name, n, seed, pos))(_pos), 150)
 POSITION_TASKS = tuple(f"needle_{p}" for p in prose.POSITIONS)
 TASK_NAMES = ("bbc_topic", "natural_language", "code_language", "python_tests",
-              "needle_language") + POSITION_TASKS
+              "python_library", "data_source", "needle_language") + POSITION_TASKS
 QUICK_TASK = "needle_language"
 
 
