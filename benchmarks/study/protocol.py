@@ -41,6 +41,7 @@ class Config:
     tokens_path: str | None = None   # JSON token strings, for the reports
     report_dir: str | None = None
     device: str = "cpu"              # "cuda" / "auto": the probes train there
+    probe_dir: str | None = None     # fitted attention probes saved here (safetensors)
 
     @property
     def cost(self):
@@ -134,6 +135,11 @@ def run_config(config):
         row["_entropy"] = ratio.reshape(len(y_test), -1).mean(axis=1).tolist()
         if config.tokens_path and config.report_dir:
             _write_reports(best, X_test, config)
+        if config.probe_dir:
+            # for analyses after the run (where the attention lands) without refitting
+            folder = Path(config.probe_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            best.save(folder / f"{config.task}_L{config.layer}_{config.method}.safetensors")
     return row
 
 

@@ -230,7 +230,7 @@ def main(argv=None):
                     data_path=str(paths[layer]), y=np.asarray(task.y), train=train,
                     test=test, seed=args.seed, max_iter=args.max_iter,
                     tokens_path=str(tokens_path), report_dir=str(args.out / "reports"),
-                    device=args.device))
+                    probe_dir=str(args.out / "probes"), device=args.device))
     _log(f"{len(configs)} configurations, 5-fold CV over 4 weight decays each, "
          f"{args.backend} backend, n_jobs={args.n_jobs}")
     start = time.perf_counter()
@@ -286,6 +286,7 @@ def main(argv=None):
                 "predictions.csv", "intervals.csv")]
     written += [Path(f) for f in figures]
     written += report_files(configs)
+    written += sorted((args.out / "probes").glob("*.safetensors"))
     print(describe_outputs(args.out, written, args.cache))
     return rows
 
