@@ -15,6 +15,7 @@ from ._packing import Block
 from ._kernels import (
     attention_logits,
     attention_pool,
+    binary_attention_outputs,
     last_token_pool,
     masked_softmax,
     mean_pool,
@@ -22,6 +23,9 @@ from ._kernels import (
 )
 
 POSITIONS = ("last", "first", None)
+# heads (models x heads) from which a binary stack trains through the direct
+# per-token-value GEMMs rather than the fused pooling operator
+DIRECT_MIN_HEADS = 16
 
 
 def init_values(d_model, n_heads, n_outputs, generator, dtype):
@@ -195,11 +199,27 @@ class StackedAttentionProbeModule(nn.Module):
         sq_value = (self.value**2).sum(dim=(1, 2, 3))
         return 0.5 * (weight_decay * (sq_query + sq_value)).sum()
 
+    def _direct(self, block):
+        """Binary stack wide enough for :func:`binary_attention_outputs` (CPU,
+        float32/float64 blocks): measured 1.5x (20 heads, d 576) to 1.8x (160
+        heads, d 384) faster per training step than the fused operator; slower
+        below about 16 heads, where the fused operator's fewer passes win."""
+        M, H, _, C = self.value.shape
+        return (C == 1 and M * H >= DIRECT_MIN_HEADS and block.x.device.type == "cpu"
+                and block.x.dtype in (torch.float32, torch.float64))
+
     def forward(self, batch):
         M, H, d, C = self.value.shape
         value = self.value.reshape(M, H * d, C)
         outs = []
         for block in batch.blocks:
+            if self._direct(block):
+                query, slope, positions = self._kernel_args(block)
+                logits = binary_attention_outputs(
+                    block.x, block.padding(), query, self.value[..., 0].to(block.x.dtype),
+                    slope, positions)
+                outs.append(logits[..., None].to(value.dtype))
+                continue
             pooled = self._pooled(block)  # (k, M * H, d)
             per_model = pooled.reshape(len(block), M, H * d).transpose(0, 1)
             outs.append(torch.bmm(per_model.to(value.dtype), value).transpose(0, 1))

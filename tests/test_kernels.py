@@ -159,3 +159,42 @@ def test_flush_denormal_context_flushes_then_restores():
     with flush_denormal():
         assert (sub * 1.0).item() == 0.0
     assert (sub * 1.0).item() > 0.0
+
+
+@pytest.mark.parametrize("position", ["last", None])
+def test_binary_stack_direct_form_equals_pooled_form(position, monkeypatch):
+    """Wide binary stacks train through per-token values (one GEMM of query and
+    value columns); logits and gradients equal the pooled form's."""
+    from sklearn_attnprobe import _modules
+    from sklearn_attnprobe._modules import StackedAttentionProbeModule
+    from sklearn_attnprobe._packing import pack
+    from sklearn_attnprobe._ragged import RaggedArray
+
+    rng = np.random.default_rng(3)
+    X = RaggedArray.from_list([rng.standard_normal((int(L), 6)) for L in
+                               rng.integers(1, 30, size=23)])
+    batch = pack(X, torch.float64, "cpu")
+    module = StackedAttentionProbeModule(
+        5, 6, 4, 1, position=position, dtype=torch.float64,
+        generators=[torch.Generator().manual_seed(i) for i in range(5)])
+    with torch.no_grad():
+        module.query.normal_(0, 0.7)
+        module.slope.uniform_(-0.3, 0.3)
+    assert all(module._direct(b) for b in batch.blocks)  # 20 heads >= 16
+
+    def run():
+        module.zero_grad()
+        out = module(batch)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in module.named_parameters()
+                              if p.grad is not None}
+
+    direct, g_direct = run()
+    monkeypatch.setattr(_modules, "DIRECT_MIN_HEADS", 10**6)
+    assert not any(module._direct(b) for b in batch.blocks)
+    pooled, g_pooled = run()
+    assert direct.shape == (len(X), 5, 1)
+    torch.testing.assert_close(direct, pooled, rtol=1e-10, atol=1e-12)
+    assert g_direct.keys() == g_pooled.keys()
+    for name in g_pooled:
+        torch.testing.assert_close(g_direct[name], g_pooled[name], rtol=1e-9, atol=1e-12)
