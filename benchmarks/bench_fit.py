@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from benchmarks._results import save_results
+
 GRID = [0.0, 1e-3, 1e-2, 1e-1]
 
 
@@ -136,11 +138,7 @@ def main(argv=None):
     report = _report(rows)
     print(report)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "fit_time.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(os.path.join(args.out, "fit_time.md"), "w") as f:
-            f.write(report)
+        save_results(args.out, "fit_time", rows, report)
 
 
 def _report(rows):

@@ -27,6 +27,8 @@ from unittest import mock
 
 import numpy as np
 
+from benchmarks._results import save_results
+
 
 def _fit(path, offsets, y, X_test, y_test, batch_size, bucketed, seed, max_iter):
     from sklearn_attnprobe import AttentionProbeClassifier, RaggedArray, _streaming
@@ -87,11 +89,7 @@ def main(argv=None):
     text = report(rows, args)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "minibatch_order.json"), "w") as fh:
-            json.dump(rows, fh, indent=1)
-        with open(os.path.join(args.out, "minibatch_order.md"), "w") as fh:
-            fh.write(text)
+        save_results(args.out, "minibatch_order", rows, text)
 
 
 def report(rows, args):

