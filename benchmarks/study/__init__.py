@@ -6,5 +6,7 @@
 - ``protocol``: one (task, layer, method) configuration of the seed's protocol
   as a joblib job.
 - ``figures``: the tables and the seed's figures.
+- ``evidence``: the oracle probe and evidence recall on the tasks with known
+  evidence (``python -m benchmarks.study.evidence --out DIR`` after a run).
 - ``run``: the command line.
 """

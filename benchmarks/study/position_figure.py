@@ -58,7 +58,15 @@ def plot_position(pred_rows, path):
         ax.set_xticks(range(len(POSITIONS)), POSITIONS)
         ax.set_xlabel("position of the planted sentence")
         ax.set_title(f"layer {layer}")
-    axes[0][0].set_ylabel("test accuracy (95% bootstrap interval)")
+    return finish_panels(fig, axes, "test accuracy (95% bootstrap interval)", path)
+
+
+def finish_panels(fig, axes, ylabel, path):
+    """Label the first of a row of panels, put the legend on the last, write
+    the figure to ``path`` and close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

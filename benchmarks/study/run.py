@@ -11,7 +11,8 @@ training texts, and save one memory-mapped file per (task, layer); then fit
 every (task, layer, method) configuration in parallel with joblib (loky
 processes by default, a dask.distributed cluster with ``--backend dask``);
 write results.csv, results.md, the seed's figures and, for the attention
-probes, maximum-activating-example reports.
+probes, maximum-activating-example reports; for the tasks with known evidence,
+the oracle probe and the attention probes' evidence recall (``evidence.py``).
 """
 
 import argparse
@@ -150,6 +151,12 @@ def prepare_activations(args, built):
                                    drop_first_token=True, decode=True)
             tokens_path.write_text(json.dumps(tokens))
             model_path.write_text(description)
+            if task.needle_spans is not None:
+                # which rows hold the label-bearing sentence (evidence.py)
+                from .evidence import write_evidence
+
+                write_evidence(folder, tokenizer, task.texts, task.needle_spans,
+                               max_length=args.max_length)
             # the layer files last: their presence marks the task as done
             for layer, X in zip(args.layers, acts):
                 # the scaler sees the training texts only; the CV folds inside
@@ -281,11 +288,16 @@ def main(argv=None):
 
     if plot_position(pred_rows, args.out / "accuracy_by_position.png"):
         figures.append(str(args.out / "accuracy_by_position.png"))
+    from . import evidence
+
+    # the oracle and the evidence recall, for the tasks with known evidence
+    # (also appends its section to results.md); nothing without such a task
+    evidence_files = evidence.analyse(args.out, built, args, pred_rows)
     print(tables + "\n\n" + footer)
     written = [args.out / name for name in
                ("results.csv", "accuracy.csv", "results.md", "run.json", "datasets.json",
                 "predictions.csv", "intervals.csv")]
-    written += [Path(f) for f in figures]
+    written += [Path(f) for f in figures] + evidence_files
     written += report_files(configs)
     written += sorted((args.out / "probes").glob("*.safetensors"))
     print(describe_outputs(args.out, written, args.cache))

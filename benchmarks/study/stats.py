@@ -15,7 +15,7 @@ import csv
 
 import numpy as np
 
-__all__ = ["paired_bootstrap", "prediction_rows", "pairwise_intervals",
+__all__ = ["paired_bootstrap", "resampled_means", "prediction_rows", "pairwise_intervals",
            "claims_markdown", "write_csv", "CLAIMS"]
 
 N_BOOT = 2000
@@ -40,12 +40,23 @@ def paired_bootstrap(a, b, *, n_boot=N_BOOT, seed=0, level=0.95):
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if d.ndim != 1 or len(d) == 0:
         raise ValueError("a and b must be 1-d, non-empty and of equal length")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-    boots = d[idx].mean(axis=1)
+    boots = resampled_means(d, n_boot=n_boot, seed=seed)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(boots, [tail, 100 - tail])
     return float(d.mean()), float(low), float(high)
+
+
+def resampled_means(values, *, n_boot=N_BOOT, seed=0):
+    """``(n_boot,)`` means of ``values`` over bootstrap resamples of its rows.
+
+    The resamples depend only on ``len(values)``, ``n_boot`` and ``seed``:
+    two calls with the same three use the same resamples, so statistics built
+    from several of them (a ratio of two differences) stay paired.
+    """
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    return values[idx].mean(axis=1)
 
 
 def verdict(low, high):
