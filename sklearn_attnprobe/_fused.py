@@ -60,27 +60,29 @@ def load_backend(name):
     return _loaded[name]
 
 
+def _backend_name(device_type, dtype):
+    """Which backend runs blocks of ``dtype`` on ``device_type``, if any."""
+    if device_type == "cpu" and dtype in (torch.float32, torch.float64, *HALF_DTYPES):
+        return "numba"
+    if device_type == "cuda" and dtype in (torch.float32, *HALF_DTYPES):
+        return "triton"
+    return None
+
+
 def reads_half_directly(device):
     """Whether blocks of float16 on ``device`` train through a fused backend,
     which reads them as they are (float32 accumulation): then a float32
     working copy of float16 activations would only double the memory."""
-    if _disabled:
-        return False
-    kind = torch.device(device).type
-    if kind == "cpu":
-        return load_backend("numba") is not None
-    return kind == "cuda" and load_backend("triton") is not None
+    name = _backend_name(torch.device(device).type, torch.float16)
+    return not _disabled and name is not None and load_backend(name) is not None
 
 
 def backend_for(x):
     """The backend that runs blocks like ``x``, or None for the reference path."""
     if _disabled or x.requires_grad:
         return None
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, *HALF_DTYPES):
-        return load_backend("numba")
-    if x.device.type == "cuda" and x.dtype in (torch.float32, *HALF_DTYPES):
-        return load_backend("triton")
-    return None
+    name = _backend_name(x.device.type, x.dtype)
+    return None if name is None else load_backend(name)
 
 
 class _FusedPool(torch.autograd.Function):

@@ -24,7 +24,8 @@ from ._training import (
     fused_adamw_supported,
     model_penalties,
     objectives,
-    per_sample_log_loss,
+    total_weight,
+    weighted_log_loss,
 )
 
 # Each parameter of a stacked module: the axis that indexes models, and
@@ -208,7 +209,7 @@ def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc,
     """
     options = _lbfgs_options(max_iter, tol)
     optimizer = torch.optim.LBFGS(module.parameters(), lr=1.0, **options)
-    total_w = train_set.w.sum(dim=0).clamp_min(torch.finfo(train_set.w.dtype).tiny)
+    total_w = total_weight(train_set.w)
     losses = []
     report = ProgressReporter(max_iter, verbose, desc, unit="eval")
     start = time.perf_counter()
@@ -218,7 +219,7 @@ def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc,
         obj = 0.0
         for batch, (y, w) in train_set.full_pass(batch_size):
             # this part's share of the weighted mean over all texts
-            part = (per_sample_log_loss(module(batch), y) * w).sum(dim=0) / total_w
+            part = weighted_log_loss(module(batch), y, w, total=total_w)
             part.sum().backward()
             obj = obj + part.detach().sum()
         if torch.is_tensor(weight_decay) or weight_decay:

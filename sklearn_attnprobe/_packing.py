@@ -185,12 +185,13 @@ def pack(source, dtype, device, growth=DEFAULT_GROWTH):
 
 
 def iter_blocks(source, dtype, device, growth=DEFAULT_GROWTH,
-                max_elements=PREDICT_BLOCK_ELEMENTS):
-    """Yield blocks covering all texts, each at most ``max_elements`` padded values.
+                max_elements=PREDICT_BLOCK_ELEMENTS, rows=None):
+    """Yield blocks covering all texts (or ``rows``), each at most
+    ``max_elements`` padded values.
 
     Used at prediction time so memory stays bounded whatever the test set's size.
     """
-    for idx in _block_indices(source, growth, device, max_elements):
+    for idx in _block_indices(source, growth, device, max_elements, rows):
         yield make_block(source, idx, dtype, device)
 
 

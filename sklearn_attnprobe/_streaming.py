@@ -32,12 +32,10 @@ from ._packing import (
     TRAIN_BLOCK_ELEMENTS,
     Block,
     PackedBatch,
-    _block_indices,
     _check_finite,
     block_overhead,
     gather_padded,
     length_buckets,
-    make_block,
     pack,
 )
 from ._packing import iter_blocks as pack_blocks
@@ -330,9 +328,8 @@ def iter_blocks(source, dtype, device, growth=DEFAULT_GROWTH,
 
     def items():
         for lo, hi in _file_chunks(source, CHUNKS_PER_WINDOW * max_elements):
-            rows = np.arange(lo, hi, dtype=np.int64)
-            for idx in _block_indices(source, growth, device, max_elements, rows):
-                yield make_block(source, idx, dtype, device)
+            yield from pack_blocks(source, dtype, device, growth, max_elements,
+                                   rows=np.arange(lo, hi, dtype=np.int64))
 
     yield from prefetch(items)
 

@@ -47,16 +47,23 @@ def per_sample_log_loss(logits, y):
     return -logp.gather(-1, index)[..., 0]
 
 
-def weighted_log_loss(logits, y, w):
+def total_weight(w):
+    """``w.sum(dim=0)``, at least the smallest positive float: a minibatch may
+    hold none of a model's training texts (loss 0, not 0/0)."""
+    return w.sum(dim=0).clamp_min(torch.finfo(w.dtype).tiny)
+
+
+def weighted_log_loss(logits, y, w, total=None):
     """Sample-weighted mean log-loss, one value per model: ``()`` or ``(M,)``.
 
     ``w`` is ``(n,)`` for one model or ``(n, M)`` for ``M`` stacked models,
     each with its own weights (a cross-validation fold's training mask).
+    ``total`` (default :func:`total_weight` of ``w``) is the weight the sum is
+    divided by: a part of a larger batch passes the whole batch's, so the
+    parts add up to the whole batch's mean.
     """
     losses = per_sample_log_loss(logits, y)
-    # a minibatch may hold none of a model's training texts: loss 0, not 0/0
-    total = w.sum(dim=0).clamp_min(torch.finfo(w.dtype).tiny)
-    return (losses * w).sum(dim=0) / total
+    return (losses * w).sum(dim=0) / (total_weight(w) if total is None else total)
 
 
 class WeightedLogLoss(nn.Module):
