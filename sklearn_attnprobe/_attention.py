@@ -69,6 +69,15 @@ class AttentionProbeClassifier(BaseProbe):
         objective and means the same as in :class:`MeanProbeClassifier`
         (``C = 1 / (weight_decay * n_samples)`` in
         :class:`~sklearn.linear_model.LogisticRegression` terms).
+    query_weight_decay : float or None, default=None
+        The query's own L2 penalty: with a value, the penalty term is
+        ``weight_decay / 2 * ||V||^2 + query_weight_decay / 2 * ||Q||^2``;
+        None penalises the query with ``weight_decay`` too. ``0.0`` leaves
+        the query free, so a sharp attention pattern costs nothing by itself:
+        measured on the study's needle tasks it put more of the attention on
+        the evidence (best head 0.93 against 0.85) at the same accuracy, but
+        it cost up to 0.1 of accuracy on planted tasks where every token
+        carries the label (:ref:`when-attention-wins`).
     solver : {"adamw", "lbfgs"}, default="adamw"
         AdamW (minibatches possible), or full-batch L-BFGS with a strong Wolfe
         line search (as the pooled probes and the reference implementation
@@ -178,6 +187,7 @@ class AttentionProbeClassifier(BaseProbe):
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "position_bias": ["boolean"],
         "position": [StrOptions({"last", "first"}), Hidden(StrOptions({"deprecated"})), None],
+        "query_weight_decay": [Interval(Real, 0, None, closed="left"), None],
         "solver": [StrOptions({"adamw", "lbfgs"})],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "early_stopping": ["boolean"],
@@ -185,7 +195,7 @@ class AttentionProbeClassifier(BaseProbe):
     }
 
     def __init__(self, n_heads=1, *, position_bias=True, position="deprecated",
-                 weight_decay=0.0,
+                 weight_decay=0.0, query_weight_decay=None,
                  solver="adamw", learning_rate=1e-2, max_iter=500, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  batch_size=None, class_weight=None, device="cpu",
@@ -195,6 +205,7 @@ class AttentionProbeClassifier(BaseProbe):
         self.position_bias = position_bias
         self.position = position
         self.weight_decay = weight_decay
+        self.query_weight_decay = query_weight_decay
         self.solver = solver
         self.learning_rate = learning_rate
         self.max_iter = max_iter
@@ -243,6 +254,9 @@ class AttentionProbeClassifier(BaseProbe):
         return AttentionProbeModule(d_model, self.n_heads, n_outputs,
                                     position=module_position(self), generator=generator,
                                     dtype=dtype)
+
+    def _configure_module(self, module):
+        module.query_weight_decay = self.query_weight_decay
 
     def _stopping(self):
         fraction = self.validation_fraction if self.early_stopping else None

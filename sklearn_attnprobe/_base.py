@@ -129,6 +129,9 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         """``(n_iter_no_change, validation_fraction)`` of this estimator."""
         return None, None
 
+    def _configure_module(self, module):
+        """Set the training options a module carries (a new or a reused one)."""
+
     def _module_compatible(self, module):
         return True
 
@@ -182,6 +185,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
             generator = torch.Generator().manual_seed(int(seed))
             module = self._make_module(source.d_model, n_outputs, pdtype, generator)
             module = module.to(device)
+        self._configure_module(module)
         # packed in memory, or read from a mapped file as it trains (._streaming)
         train_set = make_training_set(source, y_enc, w, batch_size=self.batch_size,
                                       device=device, dtype=dtype, param_dtype=pdtype,

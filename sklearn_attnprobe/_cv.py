@@ -26,7 +26,7 @@ from ._base import module_logits
 from ._numerics import parameter_dtype, resolve_device
 from ._cv_base import _BaseProbeCV
 from ._modules import StackedAttentionProbeModule
-from ._packing import inverse_order
+from ._packing import inverse_order, pack_by_idle_splits
 from ._streaming import make_training_set
 from ._training import fit_module
 
@@ -45,7 +45,8 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     n_heads : int, default=1
         Attention heads of every model.
     weight_decays : array-like of float, default=(0.0, 1e-3, 1e-2, 1e-1)
-        Candidate L2 penalties (see :class:`AttentionProbeClassifier`).
+        Candidate L2 penalties of the values (see
+        :class:`AttentionProbeClassifier`).
     cv : int, cross-validation generator or iterable, default=5
         As in :class:`~sklearn.model_selection.GridSearchCV` (an int means
         stratified k-fold).
@@ -61,6 +62,10 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     position : {"last", "first"} or None, default="deprecated"
         Deprecated since 0.2, removed in 0.4: use ``position_bias`` (see
         :class:`AttentionProbeClassifier`).
+    query_weight_decay : float or None, default=None
+        The query's own L2 penalty, the same for every model (not searched);
+        None penalises the query with each model's weight decay. See
+        :class:`AttentionProbeClassifier`.
     solver : {"adamw", "lbfgs"}, default="adamw"
         As in :class:`AttentionProbeClassifier`. With AdamW each model stops
         on its own and leaves the stacked step; L-BFGS minimises the sum of
@@ -138,13 +143,13 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     _parameter_constraints = {
         **_BaseProbeCV._parameter_constraints,
         **{k: AttentionProbeClassifier._parameter_constraints[k]
-           for k in ("n_heads", "position_bias", "position", "solver", "tol",
-                     "n_iter_no_change")},
+           for k in ("n_heads", "position_bias", "position", "query_weight_decay", "solver",
+                     "tol", "n_iter_no_change")},
     }
 
     def __init__(self, n_heads=1, *, weight_decays=(0.0, 1e-3, 1e-2, 1e-1), cv=5,
                  scoring=None, refit=True, position_bias=True, position="deprecated",
-                 solver="adamw",
+                 query_weight_decay=None, solver="adamw",
                  learning_rate=1e-2, max_iter=500, tol=1e-4, n_iter_no_change=10,
                  batch_size=None, class_weight=None, device="cpu",
                  compute_dtype="auto", random_state=None, callbacks=None, verbose=0):
@@ -155,6 +160,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         self.refit = refit
         self.position_bias = position_bias
         self.position = position
+        self.query_weight_decay = query_weight_decay
         self.solver = solver
         self.learning_rate = learning_rate
         self.max_iter = max_iter
@@ -190,11 +196,16 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
             M, source.d_model, self.n_heads, n_outputs,
             position="last" if helper.position_bias else None,
             generators=generators, dtype=pdtype).to(device)
+        helper._configure_module(module)  # the query's own penalty, as in the refit
+        module.model_split = np.repeat(np.arange(n_splits), n_wds)
         weights = np.repeat(W, n_wds, axis=1)  # (n, M)
-        # packed in memory, or streamed from a mapped source (._streaming)
-        train_set = make_training_set(source, y_enc, weights,
-                                      batch_size=self.batch_size, device=device,
-                                      dtype=dtype, param_dtype=pdtype, seed=seed)
+        # packed in memory (blocks by the splits that leave their texts out,
+        # so a step skips those splits' models there), or streamed from a
+        # mapped source (._streaming)
+        train_set = make_training_set(
+            source, y_enc, weights, batch_size=self.batch_size, device=device,
+            dtype=dtype, param_dtype=pdtype, seed=seed,
+            pack_source=lambda src, dt, dev: pack_by_idle_splits(src, W, dt, dev))
         decays = torch.as_tensor(np.tile(wds, n_splits), dtype=pdtype, device=device)
         result = fit_module(
             module, train_set, solver=self.solver, learning_rate=self.learning_rate,

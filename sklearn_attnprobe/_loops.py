@@ -22,6 +22,7 @@ from ._training import (
     FitResult,
     _lbfgs_options,
     fused_adamw_supported,
+    has_penalty,
     model_penalties,
     objectives,
     total_weight,
@@ -49,6 +50,7 @@ class _StackedModels:
         self.n_models = module.n_models
         self.active = np.arange(self.n_models)  # original index of each working model
         self.final = {name: p.detach().clone() for name, p in module.named_parameters()}
+        self.model_split = getattr(module, "model_split", None)
 
     def _index(self, name, models, device):
         axis, per_head = _MODEL_LAYOUT[name]
@@ -78,6 +80,8 @@ class _StackedModels:
             setattr(self.module, name, new)
         self.module.n_models = len(keep)
         self.active = self.active[keep]
+        if self.model_split is not None:
+            self.module.model_split = self.model_split[self.active]
         # the same optimizer (its settings untouched) over the sliced parameters
         optimizer.param_groups[0]["params"] = list(self.module.parameters())
         optimizer.state = defaultdict(dict, {
@@ -91,6 +95,8 @@ class _StackedModels:
         for name, value in self.final.items():
             setattr(self.module, name, nn.Parameter(value))
         self.module.n_models = self.n_models
+        if self.model_split is not None:
+            self.module.model_split = self.model_split
 
 
 class StoppingRule:
@@ -222,7 +228,7 @@ def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc,
             part = weighted_log_loss(module(batch), y, w, total=total_w)
             part.sum().backward()
             obj = obj + part.detach().sum()
-        if torch.is_tensor(weight_decay) or weight_decay:
+        if has_penalty(module, weight_decay):
             penalty = model_penalties(module, weight_decay).sum()
             penalty.backward()
             obj = obj + penalty.detach()

@@ -6,6 +6,8 @@ and the number of classes otherwise.
 
 import math
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -36,6 +38,13 @@ def init_values(d_model, n_heads, n_outputs, generator, dtype):
     return value.to(dtype)
 
 
+def _penalty(query_weight_decay, weight_decay, sq_query, sq_value):
+    """``weight_decay / 2 * ||V||^2`` plus the query's term, at
+    ``query_weight_decay`` (``weight_decay`` where it is None)."""
+    q = weight_decay if query_weight_decay is None else query_weight_decay
+    return 0.5 * (weight_decay * sq_value + q * sq_query)
+
+
 def _check_position(position):
     if position not in POSITIONS:
         raise ValueError(f"position must be one of {POSITIONS}; got {position!r}")
@@ -48,37 +57,10 @@ def _widened(block):
     return Block(block.x.float(), block.mask, block.lengths, block.index)
 
 
-class AttentionProbeModule(nn.Module):
-    """Multi-head attention probe with a learned ALiBi-style position bias.
-
-    Per head ``h``: logits ``x_t @ query[:, h] + slope[h] * p_t``, a masked
-    softmax over the text's tokens, then ``sum_t a_th x_t @ value[h]``; the
-    heads' outputs are summed and ``bias`` added.
-    """
-
-    def __init__(self, d_model, n_heads, n_outputs, position="last",
-                 generator=None, dtype=torch.float32):
-        super().__init__()
-        _check_position(position)
-        self.position = position
-        # The seed's initialisation: zero query (uniform attention, i.e. mean
-        # pooling at step 0), zero position slopes, random values.
-        self.query = nn.Parameter(torch.zeros(d_model, n_heads, dtype=dtype))
-        self.slope = nn.Parameter(torch.zeros(n_heads, dtype=dtype))
-        self.value = nn.Parameter(init_values(d_model, n_heads, n_outputs, generator, dtype))
-        self.bias = nn.Parameter(torch.zeros(n_outputs, dtype=dtype))
-
-    @property
-    def n_heads(self):
-        return self.query.shape[1]
-
-    @property
-    def d_model(self):
-        return self.query.shape[0]
-
-    def penalty(self, weight_decay):
-        """``weight_decay / 2 * (||Q||^2 + ||V||^2)``; intercept and slopes are free."""
-        return 0.5 * weight_decay * ((self.query**2).sum() + (self.value**2).sum())
+class _AttentionPooling:
+    """Pooling and scoring of a block from ``query``, ``slope`` and
+    ``position`` attributes: shared by the single and the stacked modules
+    (whose models fold into the head axis) and by a stack's model subsets."""
 
     def _kernel_args(self, block):
         """Query, slope and positions for the reference kernels in the block's
@@ -146,6 +128,44 @@ class AttentionProbeModule(nn.Module):
         scores = self.attention_scores(block).to(fused[0].dtype)
         return fused[0], masked_softmax(scores, block.mask, block.padding())
 
+
+class AttentionProbeModule(_AttentionPooling, nn.Module):
+    """Multi-head attention probe with a learned ALiBi-style position bias.
+
+    Per head ``h``: logits ``x_t @ query[:, h] + slope[h] * p_t``, a masked
+    softmax over the text's tokens, then ``sum_t a_th x_t @ value[h]``; the
+    heads' outputs are summed and ``bias`` added.
+    """
+
+    def __init__(self, d_model, n_heads, n_outputs, position="last",
+                 generator=None, dtype=torch.float32):
+        super().__init__()
+        _check_position(position)
+        self.position = position
+        # The seed's initialisation: zero query (uniform attention, i.e. mean
+        # pooling at step 0), zero position slopes, random values.
+        self.query = nn.Parameter(torch.zeros(d_model, n_heads, dtype=dtype))
+        self.slope = nn.Parameter(torch.zeros(n_heads, dtype=dtype))
+        self.value = nn.Parameter(init_values(d_model, n_heads, n_outputs, generator, dtype))
+        self.bias = nn.Parameter(torch.zeros(n_outputs, dtype=dtype))
+        # the query's own L2 penalty, None: the values' (the estimators set it)
+        self.query_weight_decay = None
+
+    @property
+    def n_heads(self):
+        return self.query.shape[1]
+
+    @property
+    def d_model(self):
+        return self.query.shape[0]
+
+    def penalty(self, weight_decay):
+        """``weight_decay / 2 * ||V||^2 + q / 2 * ||Q||^2``, ``q`` the module's
+        ``query_weight_decay`` (``weight_decay`` where None); intercept and
+        slopes are free."""
+        return _penalty(self.query_weight_decay, weight_decay,
+                        (self.query**2).sum(), (self.value**2).sum())
+
     def forward(self, batch):
         outs = []
         H, d, C = self.value.shape
@@ -156,7 +176,7 @@ class AttentionProbeModule(nn.Module):
         return torch.cat(outs) + self.bias
 
 
-class StackedAttentionProbeModule(nn.Module):
+class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
     """``n_models`` independent attention probes over the same activations.
 
     The models fold into the kernel's head axis: every block costs one GEMM
@@ -179,25 +199,20 @@ class StackedAttentionProbeModule(nn.Module):
             init_values(d_model, n_heads, n_outputs, g, dtype) for g in generators
         ]))
         self.bias = nn.Parameter(torch.zeros(n_models, n_outputs, dtype=dtype))
+        self.query_weight_decay = None
 
     @property
     def d_model(self):
         return self.query.shape[0]
 
-    _kernel_args = AttentionProbeModule._kernel_args
-    _fused = AttentionProbeModule._fused
-    _pooled = AttentionProbeModule._pooled
-    _reference_pool = AttentionProbeModule._reference_pool
-    attention_scores = AttentionProbeModule.attention_scores
-    content_scores = AttentionProbeModule.content_scores
-    pool_block = AttentionProbeModule.pool_block
-
     def penalty(self, weight_decay):
-        """``sum_m weight_decay[m] / 2 * (||Q_m||^2 + ||V_m||^2)``."""
+        """``(n_models,)``: model ``m``'s penalty as in
+        :meth:`AttentionProbeModule.penalty`, ``weight_decay`` a scalar or
+        one value per model."""
         d = self.d_model
         sq_query = (self.query.view(d, self.n_models, self.n_heads) ** 2).sum(dim=(0, 2))
         sq_value = (self.value**2).sum(dim=(1, 2, 3))
-        return 0.5 * (weight_decay * (sq_query + sq_value)).sum()
+        return _penalty(self.query_weight_decay, weight_decay, sq_query, sq_value)
 
     def _direct(self, block):
         """Binary stack wide enough for :func:`binary_attention_outputs` (CPU,
@@ -208,22 +223,67 @@ class StackedAttentionProbeModule(nn.Module):
         return (C == 1 and M * H >= DIRECT_MIN_HEADS and block.x.device.type == "cpu"
                 and block.x.dtype in (torch.float32, torch.float64))
 
+    def _block_logits(self, block):
+        """``(k, M, C)`` logits of one block from this module's parameters."""
+        M, H, d, C = self.value.shape
+        if self._direct(block):
+            query, slope, positions = self._kernel_args(block)
+            logits = binary_attention_outputs(
+                block.x, block.padding(), query, self.value[..., 0].to(block.x.dtype),
+                slope, positions)
+            return logits[..., None].to(self.value.dtype)
+        pooled = self._pooled(block)  # (k, M * H, d)
+        per_model = pooled.reshape(len(block), M, H * d).transpose(0, 1)
+        value = self.value.reshape(M, H * d, C)
+        return torch.bmm(per_model.to(value.dtype), value).transpose(0, 1)
+
+    def _live_models(self, block):
+        """Models that weigh some text of ``block`` (None: all of them).
+
+        A CV stack's model trains on its split's training texts only; a block
+        packed from texts that splits ``block.idle_splits`` all leave out
+        needs no columns for those splits' models (a fifth of the work at 5
+        folds). ``model_split`` (set by the CV class) names each model's split.
+        """
+        splits = getattr(self, "model_split", None)
+        if splits is None or not block.idle_splits:
+            return None
+        live = np.flatnonzero(~np.isin(splits, block.idle_splits))
+        return None if len(live) == len(splits) else live
+
     def forward(self, batch):
         M, H, d, C = self.value.shape
-        value = self.value.reshape(M, H * d, C)
         outs = []
         for block in batch.blocks:
-            if self._direct(block):
-                query, slope, positions = self._kernel_args(block)
-                logits = binary_attention_outputs(
-                    block.x, block.padding(), query, self.value[..., 0].to(block.x.dtype),
-                    slope, positions)
-                outs.append(logits[..., None].to(value.dtype))
+            live = self._live_models(block)
+            if live is None:
+                outs.append(self._block_logits(block))
                 continue
-            pooled = self._pooled(block)  # (k, M * H, d)
-            per_model = pooled.reshape(len(block), M, H * d).transpose(0, 1)
-            outs.append(torch.bmm(per_model.to(value.dtype), value).transpose(0, 1))
+            # idle models' logits stay 0: their loss weights here are 0
+            out = self.value.new_zeros(len(block), M, C)
+            if len(live):
+                idx = torch.as_tensor(live, device=self.value.device)
+                part = _ModelSubset(self, idx)._block_logits(block)
+                out = out.index_copy(1, idx, part.to(out.dtype))
+            outs.append(out)
         return torch.cat(outs) + self.bias
+
+
+class _ModelSubset(_AttentionPooling):
+    """Some models of a stack, with the stack's forward code and parameters
+    sliced (autograd reaches the stack's own parameters)."""
+
+    _direct = StackedAttentionProbeModule._direct
+    _block_logits = StackedAttentionProbeModule._block_logits
+
+    def __init__(self, stack, models):
+        H = stack.n_heads
+        cols = (models[:, None] * H + torch.arange(H, device=models.device)).reshape(-1)
+        self.query = stack.query.index_select(1, cols)
+        self.slope = stack.slope.index_select(0, cols)
+        self.value = stack.value.index_select(0, models)
+        self.position = stack.position
+        self.n_heads = H
 
 
 class LinearProbeModule(nn.Module):

@@ -43,6 +43,9 @@ class Block:
     mask: torch.Tensor  # (k, T) bool, True for real tokens
     lengths: torch.Tensor  # (k,) int64
     index: np.ndarray  # (k,) position of each text in the source
+    # CV splits whose models give every text of the block zero weight
+    # (:func:`pack_by_idle_splits`); a stacked module skips their columns
+    idle_splits: tuple = ()
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self):
@@ -67,7 +70,7 @@ class Block:
         T = int(self.lengths[rows].max()) if len(rows) else 0
         return Block(
             self.x[rows, :T], self.mask[rows, :T], self.lengths[rows],
-            self.index[rows.cpu().numpy()],
+            self.index[rows.cpu().numpy()], self.idle_splits,
         )
 
 
@@ -182,6 +185,30 @@ def pack(source, dtype, device, growth=DEFAULT_GROWTH):
     limit = TRAIN_BLOCK_ELEMENTS.get(torch.device(device).type, 1 << 24)
     return PackedBatch([make_block(source, idx, dtype, device)
                         for idx in _block_indices(source, growth, device, limit)])
+
+
+def pack_by_idle_splits(source, fold_weights, dtype, device, growth=DEFAULT_GROWTH,
+                        max_groups=16):
+    """:func:`pack` for a CV stack: texts left out by the same CV splits
+    (``fold_weights[i, s] == 0``) share blocks, and each block records those
+    splits in ``idle_splits``. More than ``max_groups`` such patterns (many
+    splits that overlap, as with ShuffleSplit) would cut the blocks small:
+    then it is plain :func:`pack`."""
+    idle = np.asarray(fold_weights) == 0
+    patterns, group = np.unique(idle, axis=0, return_inverse=True)
+    group = np.asarray(group).reshape(-1)
+    if len(patterns) > max_groups or not idle.any():
+        return pack(source, dtype, device, growth)
+    limit = TRAIN_BLOCK_ELEMENTS.get(torch.device(device).type, 1 << 24)
+    blocks = []
+    for g, pattern in enumerate(patterns):
+        rows = np.flatnonzero(group == g)
+        key = tuple(int(s) for s in np.flatnonzero(pattern))
+        for idx in _block_indices(source, growth, device, limit, rows):
+            block = make_block(source, idx, dtype, device)
+            block.idle_splits = key
+            blocks.append(block)
+    return PackedBatch(blocks)
 
 
 def iter_blocks(source, dtype, device, growth=DEFAULT_GROWTH,

@@ -74,20 +74,20 @@ class WeightedLogLoss(nn.Module):
 
 
 def model_penalties(module, weight_decay):
-    """``weight_decay / 2 * ||W_m||^2`` per model: ``()`` or ``(n_models,)``."""
-    n_models = getattr(module, "n_models", None)
-    if n_models is None:
-        return module.penalty(weight_decay)
-    d, H = module.d_model, module.n_heads
-    sq_query = (module.query.view(d, n_models, H) ** 2).sum(dim=(0, 2))
-    sq_value = (module.value.reshape(n_models, -1) ** 2).sum(dim=1)
-    return 0.5 * weight_decay * (sq_query + sq_value)
+    """Each model's L2 penalty: ``()``, or ``(n_models,)`` for a stacked module."""
+    return module.penalty(weight_decay)
+
+
+def has_penalty(module, weight_decay):
+    """Whether any penalty term can be non-zero (skips the work where none can)."""
+    return (torch.is_tensor(weight_decay) or bool(weight_decay)
+            or bool(getattr(module, "query_weight_decay", None)))
 
 
 def objectives(module, batch, y, w, weight_decay):
     """Penalised objective of each model on one batch: ``()`` or ``(M,)``."""
     loss = weighted_log_loss(module(batch), y, w)
-    if torch.is_tensor(weight_decay) or weight_decay:
+    if has_penalty(module, weight_decay):
         loss = loss + model_penalties(module, weight_decay)
     return loss
 
@@ -202,7 +202,7 @@ class ProbeNet(NeuralNet):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         y, w = y_true
         loss = self.criterion_(y_pred, y, w)
-        if torch.is_tensor(self.weight_decay) or self.weight_decay:
+        if has_penalty(self.module_, self.weight_decay):
             loss = loss + model_penalties(self.module_, self.weight_decay).sum()
         return loss
 

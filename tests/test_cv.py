@@ -23,10 +23,12 @@ def data():
                              dtype=np.float64, random_state=0, return_ragged=True)
 
 
-@pytest.mark.parametrize("position_bias", [True, False])
-def test_attention_cv_reproduces_grid_search(data, position_bias):
+@pytest.mark.parametrize("position_bias, query_weight_decay",
+                         [(True, 0.0), (False, 0.0), (True, None), (True, 0.05)])
+def test_attention_cv_reproduces_grid_search(data, position_bias, query_weight_decay):
     X, y = data
-    params = dict(n_heads=2, max_iter=80, position_bias=position_bias, random_state=0)
+    params = dict(n_heads=2, max_iter=80, position_bias=position_bias,
+                  query_weight_decay=query_weight_decay, random_state=0)
     gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": GRID},
                       cv=4).fit(X, y)
     cv = AttentionProbeClassifierCV(weight_decays=GRID, cv=4, **params).fit(X, y)
@@ -135,3 +137,49 @@ def test_callable_scorer_and_groups_follow_grid_search(data):
                                    gs.cv_results_[f"split{k}_test_score"], atol=1e-12)
     assert cv.refit_time_ > 0
     assert MeanProbeClassifierCV(refit=False, cv=3).fit(X, y).refit_time_ is None
+
+
+# the 12 live models of a block: 12 heads take the fused operator, 48 the
+# direct per-token-value path
+@pytest.mark.parametrize("n_heads", [1, 4])
+def test_binary_stack_skips_idle_splits_and_still_matches_grid_search(n_heads):
+    X, y = make_planted_task("needle", n_texts=120, d_model=10, dtype=np.float64,
+                             random_state=1, return_ragged=True)
+    params = dict(n_heads=n_heads, max_iter=60, random_state=0)
+    gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": GRID},
+                      cv=4).fit(X, y)
+    cv = AttentionProbeClassifierCV(weight_decays=GRID, cv=4, **params).fit(X, y)
+    for k in range(4):
+        np.testing.assert_allclose(cv.cv_results_[f"split{k}_test_score"],
+                                   gs.cv_results_[f"split{k}_test_score"])
+    # (tied mean scores may rank apart by rounding, so refit the CV's choice)
+    refit = AttentionProbeClassifier(weight_decay=cv.best_params_["weight_decay"],
+                                     **params).fit(X, y)
+    np.testing.assert_allclose(cv.predict_proba(X), refit.predict_proba(X), atol=1e-10)
+
+
+def test_packing_by_idle_splits():
+    import torch
+
+    from sklearn_attnprobe import RaggedArray
+    from sklearn_attnprobe._packing import pack_by_idle_splits
+
+    rng = np.random.default_rng(0)
+    X = RaggedArray.from_list([rng.normal(size=(int(t), 3)) for t in
+                               rng.integers(1, 30, size=60)])
+    folds = np.arange(60) % 3
+    W = (folds[:, None] != np.arange(3)[None, :]).astype(float)  # split s leaves out fold s
+    W[5] = 0.0  # a text no split uses
+    batch = pack_by_idle_splits(X, W, torch.float64, "cpu")
+    assert sorted(batch.order.tolist()) == list(range(60))
+    for block in batch.blocks:
+        expected = {tuple(np.flatnonzero(W[i] == 0)) for i in block.index}
+        assert expected == {block.idle_splits}
+    assert {b.idle_splits for b in batch.blocks} == {(0,), (1,), (2,), (0, 1, 2)}
+    # overlapping splits with many patterns: plain packing, no idle splits
+    W_many = rng.integers(0, 2, size=(60, 8)).astype(float)
+    plain = pack_by_idle_splits(X, W_many, torch.float64, "cpu")
+    assert all(b.idle_splits == () for b in plain.blocks)
+    # minibatch sub-blocks keep the mark
+    sub = batch.blocks[0].select(torch.tensor([0]))
+    assert sub.idle_splits == batch.blocks[0].idle_splits

@@ -162,3 +162,69 @@ def test_flush_denormal_restores_the_previous_state(state):
         assert _flush_state() is state
     finally:
         torch.set_flush_denormal(False)
+
+
+# -- the query's own penalty ---------------------------------------------------------------
+def test_penalty_terms_follow_query_weight_decay():
+    from sklearn_attnprobe._modules import AttentionProbeModule, StackedAttentionProbeModule
+    from sklearn_attnprobe._training import has_penalty, model_penalties
+
+    g = torch.Generator().manual_seed(0)
+    single = AttentionProbeModule(6, 3, 2, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        single.query.normal_(generator=g)
+    sq_q, sq_v = (single.query ** 2).sum(), (single.value ** 2).sum()
+    assert single.query_weight_decay is None  # a bare module: both at weight_decay
+    assert float(model_penalties(single, 0.2)) == pytest.approx(0.1 * float(sq_q + sq_v))
+    single.query_weight_decay = 0.0
+    assert float(model_penalties(single, 0.2)) == pytest.approx(0.1 * float(sq_v))
+    single.query_weight_decay = 0.5
+    assert has_penalty(single, 0.0)
+    assert float(model_penalties(single, 0.0)) == pytest.approx(0.25 * float(sq_q))
+    single.query_weight_decay = 0.0
+    assert not has_penalty(single, 0.0)
+
+    stack = StackedAttentionProbeModule(
+        4, 6, 3, 2, generators=[torch.Generator().manual_seed(i) for i in range(4)],
+        dtype=torch.float64)
+    with torch.no_grad():
+        stack.query.normal_(generator=g)
+    decays = torch.tensor([0.0, 1e-3, 1e-2, 1e-1], dtype=torch.float64)
+    for qwd in (None, 0.0, 0.3):
+        stack.query_weight_decay = qwd
+        per_model = model_penalties(stack, decays)
+        assert per_model.shape == (4,)
+        for m in range(4):
+            one = AttentionProbeModule(6, 3, 2, dtype=torch.float64)
+            with torch.no_grad():
+                one.query.copy_(stack.query[:, 3 * m:3 * (m + 1)])
+                one.value.copy_(stack.value[m])
+            one.query_weight_decay = qwd
+            assert float(per_model[m]) == pytest.approx(float(one.penalty(decays[m])))
+
+
+def test_a_free_query_sharpens_the_attention_under_a_strong_penalty(needle):
+    X, y = needle
+    params = dict(n_heads=2, weight_decay=0.1, max_iter=300, random_state=0)
+    free = AttentionProbeClassifier(query_weight_decay=0.0, **params).fit(X, y)
+    tied = AttentionProbeClassifier(query_weight_decay=None, **params).fit(X, y)
+    q_free = float((free.module_.query ** 2).sum())
+    q_tied = float((tied.module_.query ** 2).sum())
+    assert q_free > 2 * q_tied
+    assert free.attention_entropy(X).ratio.mean() < tied.attention_entropy(X).ratio.mean()
+    # the values are penalised alike: neither fit's values grow without bound
+    assert float((free.module_.value ** 2).sum()) < 10 * float((tied.module_.value ** 2).sum())
+
+
+def test_query_weight_decay_on_the_skorch_path_matches_the_plain_loop(needle):
+    from skorch.callbacks import Callback
+
+    X, y = needle
+    params = dict(n_heads=2, weight_decay=0.0, query_weight_decay=0.05, max_iter=200,
+                  random_state=0)
+    plain = AttentionProbeClassifier(**params).fit(X, y)
+    driven = AttentionProbeClassifier(callbacks=[Callback()], **params).fit(X, y)
+    np.testing.assert_allclose(driven.loss_curve_, plain.loss_curve_, rtol=1e-9)
+    # the penalty did act: without it the loss curve differs
+    free = AttentionProbeClassifier(**{**params, "query_weight_decay": 0.0}).fit(X, y)
+    assert (free.module_.query ** 2).sum() > (plain.module_.query ** 2).sum()
