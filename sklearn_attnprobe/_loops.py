@@ -23,7 +23,6 @@ from ._training import (
     _lbfgs_options,
     fused_adamw_supported,
     has_penalty,
-    model_penalties,
     objectives,
     total_weight,
     weighted_log_loss,
@@ -50,7 +49,7 @@ class _StackedModels:
         self.n_models = module.n_models
         self.active = np.arange(self.n_models)  # original index of each working model
         self.final = {name: p.detach().clone() for name, p in module.named_parameters()}
-        self.model_split = getattr(module, "model_split", None)
+        self.model_split = module.model_split
 
     def _index(self, name, models, device):
         axis, per_head = _MODEL_LAYOUT[name]
@@ -229,7 +228,7 @@ def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc,
             part.sum().backward()
             obj = obj + part.detach().sum()
         if has_penalty(module, weight_decay):
-            penalty = model_penalties(module, weight_decay).sum()
+            penalty = module.penalty(weight_decay).sum()
             penalty.backward()
             obj = obj + penalty.detach()
         losses.append(obj)

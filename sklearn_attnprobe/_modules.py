@@ -200,6 +200,8 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         ]))
         self.bias = nn.Parameter(torch.zeros(n_models, n_outputs, dtype=dtype))
         self.query_weight_decay = None
+        # each model's CV split (set by the CV class); None: no blocks skipped
+        self.model_split = None
 
     @property
     def d_model(self):
@@ -245,14 +247,14 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         needs no columns for those splits' models (a fifth of the work at 5
         folds). ``model_split`` (set by the CV class) names each model's split.
         """
-        splits = getattr(self, "model_split", None)
+        splits = self.model_split
         if splits is None or not block.idle_splits:
             return None
         live = np.flatnonzero(~np.isin(splits, block.idle_splits))
         return None if len(live) == len(splits) else live
 
     def forward(self, batch):
-        M, H, d, C = self.value.shape
+        M, C = self.value.shape[0], self.value.shape[-1]
         outs = []
         for block in batch.blocks:
             live = self._live_models(block)

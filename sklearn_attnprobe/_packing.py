@@ -175,6 +175,11 @@ def _block_indices(source, growth, device, max_elements, rows=None):
             yield idx[start : start + per_chunk]
 
 
+def train_block_elements(device):
+    """Most padded values in one training block on ``device``."""
+    return TRAIN_BLOCK_ELEMENTS.get(torch.device(device).type, 1 << 24)
+
+
 def pack(source, dtype, device, growth=DEFAULT_GROWTH):
     """All texts of a source as a :class:`PackedBatch` (the fit's working copy).
 
@@ -182,9 +187,8 @@ def pack(source, dtype, device, growth=DEFAULT_GROWTH):
     the per-step temporaries (and, on a CPU, the float32 copies its half
     precision matrix products make) whatever the longest bucket.
     """
-    limit = TRAIN_BLOCK_ELEMENTS.get(torch.device(device).type, 1 << 24)
-    return PackedBatch([make_block(source, idx, dtype, device)
-                        for idx in _block_indices(source, growth, device, limit)])
+    return PackedBatch(list(iter_blocks(source, dtype, device, growth,
+                                        train_block_elements(device))))
 
 
 def pack_by_idle_splits(source, fold_weights, dtype, device, growth=DEFAULT_GROWTH,
@@ -199,13 +203,12 @@ def pack_by_idle_splits(source, fold_weights, dtype, device, growth=DEFAULT_GROW
     group = np.asarray(group).reshape(-1)
     if len(patterns) > max_groups or not idle.any():
         return pack(source, dtype, device, growth)
-    limit = TRAIN_BLOCK_ELEMENTS.get(torch.device(device).type, 1 << 24)
     blocks = []
     for g, pattern in enumerate(patterns):
-        rows = np.flatnonzero(group == g)
         key = tuple(int(s) for s in np.flatnonzero(pattern))
-        for idx in _block_indices(source, growth, device, limit, rows):
-            block = make_block(source, idx, dtype, device)
+        for block in iter_blocks(source, dtype, device, growth,
+                                 train_block_elements(device),
+                                 rows=np.flatnonzero(group == g)):
             block.idle_splits = key
             blocks.append(block)
     return PackedBatch(blocks)

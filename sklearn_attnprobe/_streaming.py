@@ -29,7 +29,6 @@ import torch
 from ._packing import (
     DEFAULT_GROWTH,
     PREDICT_BLOCK_ELEMENTS,
-    TRAIN_BLOCK_ELEMENTS,
     Block,
     PackedBatch,
     _check_finite,
@@ -37,6 +36,7 @@ from ._packing import (
     gather_padded,
     length_buckets,
     pack,
+    train_block_elements,
 )
 from ._packing import iter_blocks as pack_blocks
 from ._ragged import RaggedArray
@@ -248,7 +248,7 @@ class StreamingTrainingSet:
         copier = copier or _DeviceCopier(self.device, self.dtype)
         src = self.rows[ranks]
         d = self.source.d_model
-        limit = TRAIN_BLOCK_ELEMENTS.get(self.device.type, 1 << 24)
+        limit = train_block_elements(self.device)
         blocks, perm, event = [], [], None
         groups = length_buckets(self.source.lengths[src], d_model=d,
                                 block_overhead=block_overhead(self.device))

@@ -73,11 +73,6 @@ class WeightedLogLoss(nn.Module):
         return weighted_log_loss(logits, y, w).sum()
 
 
-def model_penalties(module, weight_decay):
-    """Each model's L2 penalty: ``()``, or ``(n_models,)`` for a stacked module."""
-    return module.penalty(weight_decay)
-
-
 def has_penalty(module, weight_decay):
     """Whether any penalty term can be non-zero (skips the work where none can)."""
     return (torch.is_tensor(weight_decay) or bool(weight_decay)
@@ -88,7 +83,7 @@ def objectives(module, batch, y, w, weight_decay):
     """Penalised objective of each model on one batch: ``()`` or ``(M,)``."""
     loss = weighted_log_loss(module(batch), y, w)
     if has_penalty(module, weight_decay):
-        loss = loss + model_penalties(module, weight_decay)
+        loss = loss + module.penalty(weight_decay)
     return loss
 
 
@@ -203,7 +198,7 @@ class ProbeNet(NeuralNet):
         y, w = y_true
         loss = self.criterion_(y_pred, y, w)
         if has_penalty(self.module_, self.weight_decay):
-            loss = loss + model_penalties(self.module_, self.weight_decay).sum()
+            loss = loss + self.module_.penalty(self.weight_decay).sum()
         return loss
 
 

@@ -167,7 +167,7 @@ def test_flush_denormal_restores_the_previous_state(state):
 # -- the query's own penalty ---------------------------------------------------------------
 def test_penalty_terms_follow_query_weight_decay():
     from sklearn_attnprobe._modules import AttentionProbeModule, StackedAttentionProbeModule
-    from sklearn_attnprobe._training import has_penalty, model_penalties
+    from sklearn_attnprobe._training import has_penalty
 
     g = torch.Generator().manual_seed(0)
     single = AttentionProbeModule(6, 3, 2, generator=g, dtype=torch.float64)
@@ -175,12 +175,12 @@ def test_penalty_terms_follow_query_weight_decay():
         single.query.normal_(generator=g)
     sq_q, sq_v = (single.query ** 2).sum(), (single.value ** 2).sum()
     assert single.query_weight_decay is None  # a bare module: both at weight_decay
-    assert float(model_penalties(single, 0.2)) == pytest.approx(0.1 * float(sq_q + sq_v))
+    assert float(single.penalty(0.2)) == pytest.approx(0.1 * float(sq_q + sq_v))
     single.query_weight_decay = 0.0
-    assert float(model_penalties(single, 0.2)) == pytest.approx(0.1 * float(sq_v))
+    assert float(single.penalty(0.2)) == pytest.approx(0.1 * float(sq_v))
     single.query_weight_decay = 0.5
     assert has_penalty(single, 0.0)
-    assert float(model_penalties(single, 0.0)) == pytest.approx(0.25 * float(sq_q))
+    assert float(single.penalty(0.0)) == pytest.approx(0.25 * float(sq_q))
     single.query_weight_decay = 0.0
     assert not has_penalty(single, 0.0)
 
@@ -192,7 +192,7 @@ def test_penalty_terms_follow_query_weight_decay():
     decays = torch.tensor([0.0, 1e-3, 1e-2, 1e-1], dtype=torch.float64)
     for qwd in (None, 0.0, 0.3):
         stack.query_weight_decay = qwd
-        per_model = model_penalties(stack, decays)
+        per_model = stack.penalty(decays)
         assert per_model.shape == (4,)
         for m in range(4):
             one = AttentionProbeModule(6, 3, 2, dtype=torch.float64)

@@ -36,8 +36,6 @@ candidate costs nothing there.
 
 import argparse
 import contextlib
-import json
-import shlex
 import time
 from pathlib import Path
 
@@ -144,39 +142,27 @@ def run_job(job):
 def jobs_of_run(out, scope, candidates, all_layers=False):
     """Jobs for the run in ``out``: needle tasks at every layer, or the
     whole-text tasks at the middle layer (at every layer with ``all_layers``)."""
-    from . import tasks as task_lib
-    from .evidence import read_evidence
-    from .run import _data_paths, _split, parse_args
-    from .evidence import _run_args
+    from .evidence import _run_args, read_evidence, tasks_of_run
+    from .run import _data_paths, _split
 
-    info = json.loads((Path(out) / "run.json").read_text())
-    manifest = json.loads((Path(out) / "datasets.json").read_text())
-    args = parse_args(shlex.split(info["command"])[3:])
-    run_args = _run_args(Path(out) / "cache", args.model, info["layers"],
-                         info["max_length"], args.seed)
-    layers = info["layers"]
+    needle = scope == "needle"
+    # a task whose texts no longer rebuild has labels that cannot be matched
+    # to the cached rows: it is reported and left out
+    built, model, layers, max_length, seed = tasks_of_run(out, spans=needle,
+                                                          on_mismatch="skip")
+    run_args = _run_args(Path(out) / "cache", model, layers, max_length, seed)
     jobs = []
-    for entry in manifest:
-        needle = bool(entry.get("needle_spans"))
-        if needle != (scope == "needle"):
-            continue
-        task = task_lib.build_task(entry["name"], seed=args.seed,
-                                   n_per_class=entry["n_texts"] // entry["n_classes"])
-        if task.sha256 != entry["sha256"]:
-            # its labels cannot be matched to the cached rows; say so and go on
-            print(f"skipping {entry['name']}: rebuilt texts differ from the run's "
-                  "(other package versions?)", flush=True)
-            continue
+    for task in built:
         folder, paths = _data_paths(run_args, task)
         evidence = read_evidence(folder)[0] if needle else None
-        train, test = _split(task.y, args.seed)
+        train, test = _split(task.y, seed)
         use = layers if needle or all_layers else [layers[len(layers) // 2]]
         for layer in use:
             for name in candidates:
-                jobs.append({"model": args.model, "task": task.name, "layer": int(layer),
+                jobs.append({"model": model, "task": task.name, "layer": int(layer),
                              "candidate": name, "path": str(paths[layer]),
                              "y": np.asarray(task.y), "train": train, "test": test,
-                             "seed": args.seed, "evidence": evidence,
+                             "seed": seed, "evidence": evidence,
                              "cost": len(train) * (3 if name == "lbfgs" else 1)})
     return jobs
 

@@ -11,8 +11,6 @@ The candidate fits ran under the same conditions (two jobs on two cores).
 """
 
 import argparse
-import json
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +20,15 @@ from . import stats
 POOLED = ("mean", "last")
 
 
-def _model_of(run):
-    from .run import parse_args
-
-    info = json.loads((Path(run) / "run.json").read_text())
-    return parse_args(shlex.split(info["command"])[3:]).model
-
-
 def _bits(s):
     return np.array([c == "1" for c in s], dtype=float)
 
 
 def study_rows(run):
     """``{(task, layer): {method: correct array}}`` and the attn-8 baseline rows."""
-    model = _model_of(run)
+    from .evidence import run_options
+
+    model = run_options(run)[0].model
     groups = stats._group(stats.read_csv(Path(run) / "predictions.csv"))
     correct = {key: {m: np.array([int(r["y_pred"]) == int(r["y_true"]) for r in rows],
                                  dtype=float) for m, rows in methods.items()}
