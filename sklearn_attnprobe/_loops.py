@@ -1,6 +1,6 @@
 """Plain torch training loops (the path without user callbacks).
 
-A step is the forward pass, the backward pass and one fused optimizer update,
+A step is the forward pass, the backward pass and one AdamW update,
 nothing else: no per-step callbacks, logging or host synchronisation (the loss
 is read back once per epoch, for the stopping rule).
 
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._adamw import AdamW
 from ._progress import ProgressReporter
 from ._training import (
     FitResult,
     _lbfgs_options,
-    fused_adamw_supported,
     has_penalty,
     objectives,
     total_weight,
@@ -121,11 +121,6 @@ class StoppingRule:
         return improved, stopped
 
 
-def _fused_adamw(module, learning_rate, device):
-    return torch.optim.AdamW(module.parameters(), lr=learning_rate, weight_decay=0.0,
-                             fused=fused_adamw_supported(device))
-
-
 def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight_decay,
                tol, n_iter_no_change, validation_set, verbose, desc):
     """AdamW until converged or ``max_iter`` steps; see :func:`fit_module`."""
@@ -135,7 +130,7 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
     models = _StackedModels(module) if stacked else None
     train_set = copy.copy(train_set)  # its weight columns shrink with the models
     decay = weight_decay
-    optimizer = _fused_adamw(module, learning_rate, device)
+    optimizer = AdamW(module.parameters(), lr=learning_rate)
     rule = StoppingRule(n_models, tol, n_iter_no_change)
     n_iter = np.zeros(n_models, dtype=np.int64)
     converged = np.zeros(n_models, dtype=bool)
