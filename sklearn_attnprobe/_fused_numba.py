@@ -12,8 +12,9 @@ The products with the activations (logits, pooled sums, ``dA`` and the
 ``dQ`` update) are per-text BLAS calls through numba's ``np.dot``; the
 element-wise work between them (position term, softmax, ``dlogit``) is
 compiled loops. The exponentials of float32 softmaxes go through
-:func:`_exp_row`, a polynomial that LLVM vectorises: libm's scalar ``expf``
-(numba without Intel's SVML) took 40-45% of a small block's step.
+:func:`_exp_row`, a polynomial that LLVM vectorises, instead of libm's scalar
+``expf`` (numba without Intel's SVML): the forward kernel on 1,000 texts x
+16-128 tokens x d 128 with 8 heads went from 8.0 to 6.6 ms.
 
 Position codes: 0 none, 1 "last" (``p_t = t - (L - 1)``), 2 "first"
 (``p_t = -t``), computed from integers in the accumulation dtype.
@@ -143,7 +144,7 @@ def _softmax_rows(logits, L, lse_out, bits):
             s += row[t]
         inv = 1 / s
         for t in range(L):
-            logits[h, t] *= inv
+            row[t] *= inv
         lse_out[h] = m + np.log(s)
 
 

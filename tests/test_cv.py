@@ -23,15 +23,21 @@ def data():
                              dtype=np.float64, random_state=0, return_ragged=True)
 
 
+def _grid_search_and_cv(X, y, params):
+    """GridSearchCV over GRID (4 folds) and the CV class on the same problem."""
+    gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": GRID},
+                      cv=4).fit(X, y)
+    cv = AttentionProbeClassifierCV(weight_decays=GRID, cv=4, **params).fit(X, y)
+    return gs, cv
+
+
 @pytest.mark.parametrize("position_bias, query_weight_decay",
                          [(True, 0.0), (False, 0.0), (True, None), (True, 0.05)])
 def test_attention_cv_reproduces_grid_search(data, position_bias, query_weight_decay):
     X, y = data
     params = dict(n_heads=2, max_iter=80, position_bias=position_bias,
                   query_weight_decay=query_weight_decay, random_state=0)
-    gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": GRID},
-                      cv=4).fit(X, y)
-    cv = AttentionProbeClassifierCV(weight_decays=GRID, cv=4, **params).fit(X, y)
+    gs, cv = _grid_search_and_cv(X, y, params)
     for k in range(4):
         np.testing.assert_array_equal(cv.cv_results_[f"split{k}_test_score"],
                                       gs.cv_results_[f"split{k}_test_score"])
@@ -146,9 +152,7 @@ def test_binary_stack_skips_idle_splits_and_still_matches_grid_search(n_heads):
     X, y = make_planted_task("needle", n_texts=120, d_model=10, dtype=np.float64,
                              random_state=1, return_ragged=True)
     params = dict(n_heads=n_heads, max_iter=60, random_state=0)
-    gs = GridSearchCV(AttentionProbeClassifier(**params), {"weight_decay": GRID},
-                      cv=4).fit(X, y)
-    cv = AttentionProbeClassifierCV(weight_decays=GRID, cv=4, **params).fit(X, y)
+    gs, cv = _grid_search_and_cv(X, y, params)
     for k in range(4):
         np.testing.assert_allclose(cv.cv_results_[f"split{k}_test_score"],
                                    gs.cv_results_[f"split{k}_test_score"])
