@@ -10,7 +10,9 @@ Measured side by side in one run, on this machine:
    implementation of the seed's pseudocode (``_direct.py``: pad to the
    longest text, per-token values of shape tokens x heads x classes); each
    step's time as a fraction of the two-read roofline (two reads of the real
-   tokens at the memory bandwidth measured in the same run);
+   tokens' bytes at the read bandwidth measured in the same run) and of the
+   compute floor (the operator's multiply-adds at the measured rate of its
+   per-text products in cache);
 2. test accuracies of ours and the direct probe after the same number of
    steps from the same initialisation, for 10 classes and a binary task;
 3. ``AttentionProbeClassifierCV`` (all 20 fold x weight-decay models in one
@@ -82,6 +84,38 @@ def bandwidth(n_bytes=1 << 29):
     for _ in range(reps):
         b.copy_(a)
     return 2 * n_bytes * reps / (time.perf_counter() - start)
+
+
+def read_bandwidth(n_bytes=1 << 29):
+    """Bytes per second of one thread reading a buffer (a sum over it): the
+    rate the two-read roofline assumes. Earlier results divided by
+    ``bandwidth`` (a copy) instead, 9.3-9.5 GB/s in the committed runs on the
+    AMD machine, where reading alone ran at 24-30 GB/s in a later run: that
+    roofline was 2-3x too long, and every fraction of it as much too high."""
+    a = torch.ones(n_bytes // 4)
+    a.sum()
+    best = min(_seconds(a.sum) for _ in range(5))
+    return n_bytes / best
+
+
+def thin_product_rate(d, n_heads, n_tokens=128, reps=2000):
+    """Multiply-adds per second of the fused operator's per-text products,
+    ``(tokens, d) @ (d, heads)`` with the text in cache (numpy's BLAS, as the
+    kernels call it): the compute floor of a step is 5 of them per token."""
+    x = np.random.default_rng(0).standard_normal((n_tokens, d)).astype(np.float32)
+    q = np.ones((d, n_heads), np.float32)
+    x @ q
+
+    def run():
+        for _ in range(reps):
+            x @ q
+    return reps * n_tokens * d * n_heads / min(_seconds(run) for _ in range(3))
+
+
+def _seconds(f):
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
 
 
 def gemm_throughput(dtype, n=2048):
@@ -193,7 +227,7 @@ def step_section(args, hw):
         runs["0.1.0"] = [args.baseline_python]
     times = {impl: {} for impl in runs}
     info = {}
-    bws = [hw["bandwidth"]]
+    bws = [hw["read_bandwidth"]]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.npz"
         np.savez(path, data=np.concatenate(X), y=np.asarray(y),
@@ -209,24 +243,31 @@ def step_section(args, hw):
                     times[impl].setdefault(name, []).extend(ts)
                 print(rep, impl, {k: round(1e3 * float(np.median(v)), 1)
                                   for k, v in r.items()}, flush=True)
-            bws.append(bandwidth())
+            bws.append(read_bandwidth())
     t_direct = direct_step(X, y, H, C, steps=args.step_repeats)
     bw = float(np.median(bws))
     # FLOPs of the fused operator per real token: forward 2Hd, backward 3Hd
     # multiply-adds (the logits recomputed)
     flops = 2.0 * 5 * tokens * args.d_model * H
+    # the same multiply-adds at the rate of the kernels' per-text products
+    thin_rate = thin_product_rate(args.d_model, H)
+    compute_floor = 5.0 * tokens * args.d_model * H / thin_rate
     rows = []
     for name, input_dtype, compute in STEP_CONFIGS:
-        itemsize = 2 if compute == "float16" else 4
+        # the bytes the fused operator reads: half-precision input is read as
+        # it is, whatever the compute dtype
+        itemsize = np.dtype(input_dtype).itemsize
         roof = 2.0 * tokens * args.d_model * itemsize / bw
         row = {"config": name, "input_dtype": input_dtype, "compute_dtype": compute,
-               "roofline_ms": 1e3 * roof, "direct_ms": 1e3 * t_direct}
+               "roofline_ms": 1e3 * roof, "direct_ms": 1e3 * t_direct,
+               "compute_floor_ms": 1e3 * compute_floor}
         for impl in runs:
             if name in times[impl]:
                 med = float(np.median(times[impl][name]))
                 row[f"{impl}_ms"] = 1e3 * med
                 row[f"{impl}_n"] = len(times[impl][name])
                 row[f"{impl}_fraction_of_roofline"] = roof / med
+                row[f"{impl}_fraction_of_compute_floor"] = compute_floor / med
         if "0.1.0_ms" in row:
             row["speedup_vs_0.1.0"] = row["0.1.0_ms"] / row["ours_ms"]
             best = min(v for k, v in [(n, float(np.median(t))) for n, t in
@@ -239,7 +280,8 @@ def step_section(args, hw):
     return {"n_texts": args.n_texts, "d_model": args.d_model, "tokens": tokens,
             "n_heads": H, "n_classes": C, "bandwidth_runs": bws, "bandwidth": bw,
             "fused_gflop_per_step": flops / 1e9, "direct_repeats": args.step_repeats,
-            "compute_floor_ms": 1e3 * flops / hw["gemm_f32"],
+            "compute_floor_ms": 1e3 * compute_floor, "thin_product_fma_per_s": thin_rate,
+            "square_gemm_floor_ms": 1e3 * flops / hw["gemm_f32"],
             "versions": info, "rows": rows}
 
 
@@ -443,8 +485,9 @@ def markdown(result):
     m, hw = result["machine"], result["hardware"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
-        f"({m['torch_threads']} threads); measured bandwidth "
-        f"{hw['bandwidth'] / 1e9:.1f} GB/s, GEMM {hw['gemm_f32'] / 1e9:.0f} GFLOP/s "
+        f"({m['torch_threads']} threads); measured copy bandwidth "
+        f"{hw['bandwidth'] / 1e9:.1f} GB/s, read bandwidth "
+        f"{hw.get('read_bandwidth', float('nan')) / 1e9:.1f} GB/s, GEMM {hw['gemm_f32'] / 1e9:.0f} GFLOP/s "
         f"float32, {hw['gemm_bf16'] / 1e9:.0f} GFLOP/s bfloat16."]
     if "steps" in result:
         st = result["steps"]
@@ -453,24 +496,28 @@ def markdown(result):
                   f"classes, {st['n_texts']} texts x 16-128 tokens ({st['tokens']} "
                   f"tokens) x d {st['d_model']}, one thread; medians over "
                   f"{st['rows'][0]['ours_n']} steps in alternating subprocesses; "
-                  f"bandwidth {st['bandwidth'] / 1e9:.1f} GB/s (median of "
-                  f"{len(st['bandwidth_runs'])} measurements in this run); direct: the "
+                  f"roofline: two reads of the real tokens' bytes at the read "
+                  f"bandwidth, {st['bandwidth'] / 1e9:.1f} GB/s (median of "
+                  f"{len(st['bandwidth_runs'])} measurements in this run); compute "
+                  f"floor: the fused operator's {st['fused_gflop_per_step']:.1f} GFLOP "
+                  f"at the rate of its per-text products in cache "
+                  f"({st['thin_product_fma_per_s'] / 1e9:.0f} GFMA/s); direct: the "
                   f"fastest of {st['direct_repeats']} steps in this process (which "
-                  f"favours it); the fused "
-                  f"operator's {st['fused_gflop_per_step']:.1f} GFLOP per step take "
-                  f"{st['compute_floor_ms']:.0f} ms at the GEMM rate"
+                  f"favours it)"
                   + (f"; 0.1.0 from {base['file']}" if base else "") + ".", "",
                   "| input / compute | ours ms | 0.1.0 ms | direct ms | two-read "
-                  "roofline ms | ours / roofline | 0.1.0 / roofline | vs 0.1.0 "
-                  "(same compute) | vs 0.1.0 (its best, same input) | vs direct |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "roofline ms | compute floor ms | ours / roofline | ours / compute "
+                  "floor | 0.1.0 / roofline | vs 0.1.0 (same compute) | vs 0.1.0 (its "
+                  "best, same input) | vs direct |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in st["rows"]:
             def f(key, fmt="{:.1f}"):
                 return fmt.format(r[key]) if key in r else "-"
             lines.append(
                 f"| {r['config']} | {f('ours_ms')} | {f('0.1.0_ms')} | "
-                f"{f('direct_ms')} | {f('roofline_ms')} | "
+                f"{f('direct_ms')} | {f('roofline_ms')} | {f('compute_floor_ms')} | "
                 f"{f('ours_fraction_of_roofline', '{:.2f}')} | "
+                f"{f('ours_fraction_of_compute_floor', '{:.2f}')} | "
                 f"{f('0.1.0_fraction_of_roofline', '{:.2f}')} | "
                 f"{f('speedup_vs_0.1.0', '{:.1f}x')} | "
                 f"{f('speedup_vs_best_0.1.0', '{:.1f}x')} | "
@@ -536,7 +583,8 @@ def main(argv=None):
     args.steps_per_run = 5 if big else 2
 
     torch.set_num_threads(1)
-    hw = {"bandwidth": bandwidth(), "gemm_f32": gemm_throughput(torch.float32),
+    hw = {"bandwidth": bandwidth(), "read_bandwidth": read_bandwidth(),
+          "gemm_f32": gemm_throughput(torch.float32),
           "gemm_bf16": gemm_throughput(torch.bfloat16, n=512)}
     print(hw, flush=True)
     start = time.perf_counter()

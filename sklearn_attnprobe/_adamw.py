@@ -34,6 +34,7 @@ class AdamW:
         self.lr, self.betas, self.eps = float(lr), betas, float(eps)
         self.param_groups = [{"params": list(params)}]
         self.state = defaultdict(dict)
+        self._views = {}  # parameter -> numpy views for the CPU kernel
 
     def zero_grad(self, set_to_none=True):
         for p in self.param_groups[0]["params"]:
@@ -53,6 +54,17 @@ class AdamW:
                 state["step"] = torch.zeros((), dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
+            views = self._cpu_views(p, state)
+            if views is not None:
+                step_count, p_flat, m_flat, v_flat, kernel = views
+                step_count += 1
+                t = int(step_count)
+                dtype = p_flat.dtype.type
+                kernel(p_flat, p.grad.detach().numpy().reshape(-1), m_flat, v_flat,
+                       dtype(1 - beta1), dtype(beta2), dtype(1 - beta2),
+                       dtype(math.sqrt(1 - beta2**t)), dtype(self.eps),
+                       dtype(-self.lr / (1 - beta1**t)))
+                continue
             state["step"] += 1
             t = int(state["step"])
             grad, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
@@ -60,3 +72,33 @@ class AdamW:
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(self.eps)
             p.addcdiv_(m, denom, value=-self.lr / (1 - beta1**t))
+
+    def _cpu_views(self, p, state):
+        """``(step, p, exp_avg, exp_avg_sq, kernel)`` as numpy views for the
+        numba update, or None (not a contiguous CPU float32/float64 tensor
+        with a contiguous gradient, or no numba). Kept per parameter while
+        its state tensors stay the same objects (the stacked loop replaces
+        them when models finish)."""
+        cache = self._views
+        hit = cache.get(p)
+        if hit is not None and hit[0] is state["exp_avg"] and p.grad.is_contiguous():
+            return hit[1]
+        if (p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64)
+                or not p.is_contiguous() or not p.grad.is_contiguous()
+                or p.grad.dtype != p.dtype):
+            return None
+        from ._fused import load_backend
+
+        backend = load_backend("numba")
+        if backend is None:
+            return None
+        step = state["step"]
+        if step.device.type != "cpu" or step.dtype != torch.float32:
+            return None
+        # numpy views share the tensors' memory: the kernel path updates the
+        # state (step count included) in place without a torch call
+        views = (step.numpy(), *(t.detach().numpy().reshape(-1)
+                                 for t in (p, state["exp_avg"], state["exp_avg_sq"])),
+                 backend.adamw_update)
+        cache[p] = (state["exp_avg"], views)
+        return views

@@ -82,8 +82,10 @@ _SHARED_NOTES = """
     -----
     The texts are pooled once, block by block; a fit holds the
     ``(n_texts, d_model)`` pooled features, never a padded copy of the tokens.
-    L-BFGS is torch's :class:`~torch.optim.LBFGS` with a strong Wolfe line
-    search on the full batch; AdamW runs ``max_iter`` steps.
+    L-BFGS is SciPy's L-BFGS-B on the full batch (its line search meets the
+    strong Wolfe conditions), as in scikit-learn's ``LogisticRegression``;
+    fits with skorch ``callbacks`` run :class:`torch.optim.LBFGS` instead.
+    AdamW runs ``max_iter`` steps.
 """
 
 

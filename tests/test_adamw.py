@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sklearn_attnprobe import _fused
 from sklearn_attnprobe._adamw import AdamW
 from sklearn_attnprobe._training import fused_adamw_supported
 
@@ -31,10 +32,14 @@ def _run(optimizer_cls, dtype, steps=60, **kwargs):
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("fused", [False, None, True])
-def test_adamw_matches_torch_adamw(dtype, rtol, fused):
+@pytest.mark.parametrize("numba_update", [True, False])
+def test_adamw_matches_torch_adamw(dtype, rtol, fused, numba_update, monkeypatch):
     if fused and not fused_adamw_supported(torch.device("cpu")):
         pytest.skip("this torch has no fused AdamW on CPU")
+    if not numba_update:  # the torch-operator update (GPU, or no numba)
+        monkeypatch.setattr(_fused, "load_backend", lambda name: None)
     ours, our_losses, opt = _run(AdamW, dtype)
+    assert bool(opt._views) == numba_update
     ref, ref_losses, _ = _run(torch.optim.AdamW, dtype, weight_decay=0.0, fused=fused)
     np.testing.assert_allclose(our_losses, ref_losses, rtol=rtol)
     for p, q in zip(ours, ref):
@@ -58,13 +63,15 @@ def test_zero_grad_without_set_to_none_zeroes_in_place():
     assert p.grad is None
 
 
-def test_a_fit_does_not_import_torch_dynamo():
+def test_plain_fits_do_not_import_torch_dynamo():
     # constructing a torch.optim optimizer imports torch._dynamo (over a second
-    # on the first fit of a process); the plain loop must not
+    # on the first fit of a process); the plain loops (AdamW, SciPy's L-BFGS)
+    # must not
     code = textwrap.dedent("""
         import sys
         import numpy as np
-        from sklearn_attnprobe import AttentionProbeClassifier, AttentionProbeClassifierCV
+        from sklearn_attnprobe import (AttentionProbeClassifier, AttentionProbeClassifierCV,
+                                       LastTokenProbeClassifier, MeanProbeClassifierCV)
         rng = np.random.default_rng(0)
         X = [rng.standard_normal((int(n), 8)).astype(np.float32)
              for n in rng.integers(2, 9, 60)]
@@ -72,6 +79,9 @@ def test_a_fit_does_not_import_torch_dynamo():
         AttentionProbeClassifier(n_heads=2, max_iter=5).fit(X, y).predict(X)
         AttentionProbeClassifierCV(n_heads=2, max_iter=5, cv=2,
                                    weight_decays=[0.0, 0.1]).fit(X, y)
+        AttentionProbeClassifier(solver="lbfgs", max_iter=5).fit(X, y)
+        LastTokenProbeClassifier().fit(X, y)
+        MeanProbeClassifierCV(cv=2).fit(X, y)
         print("torch._dynamo" in sys.modules)
     """)
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,

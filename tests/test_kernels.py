@@ -198,3 +198,19 @@ def test_binary_stack_direct_form_equals_pooled_form(position, monkeypatch):
     assert g_direct.keys() == g_pooled.keys()
     for name in g_pooled:
         torch.testing.assert_close(g_direct[name], g_pooled[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [((7, 30), (30, 3)), ((4, 7, 30), (4, 30, 1))])
+def test_thin_matmul_matches_matmul_and_its_gradients(a_shape, b_shape):
+    from sklearn_attnprobe._modules import thin_matmul
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(a_shape, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(b_shape, dtype=torch.float64, generator=g, requires_grad=True)
+    torch.testing.assert_close(thin_matmul(a, b), a @ b)
+    assert torch.autograd.gradcheck(thin_matmul, (a, b))
+    # one operand frozen: its gradient is not asked for
+    frozen = b.detach()
+    thin_matmul(a, frozen).sum().backward()
+    torch.testing.assert_close(a.grad, torch.ones(a_shape[:-1] + b_shape[-1:],
+                                                  dtype=torch.float64) @ frozen.mT)

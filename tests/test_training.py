@@ -8,6 +8,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold
+from skorch.callbacks import Callback
 
 from sklearn_attnprobe import (
     AttentionProbeClassifier,
@@ -143,12 +144,30 @@ def test_verbose_levels(needle, capsys, monkeypatch):
     assert "/20 [" in capsys.readouterr().err  # the bar was drawn
 
 
-def test_pooled_probe_lbfgs_unchanged_by_the_plain_loop(needle):
+class _NoOpCallback(Callback):
+    """Any callback sends a fit down the skorch path (torch.optim.LBFGS)."""
+
+
+@pytest.mark.parametrize("weight_decay", [1e-2, 1e-1])
+def test_scipy_lbfgs_finds_torch_lbfgs_optimum(needle, weight_decay):
+    # the plain loop runs SciPy's L-BFGS-B, the skorch path torch.optim.LBFGS;
+    # the penalised objective is strictly convex, so both must reach its minimum
     X, y = needle
-    a = MeanProbeClassifier(weight_decay=1e-2).fit(X, y)
-    b = clone(a).set_params(callbacks=[]).fit(X, y)
-    np.testing.assert_array_equal(a.coef_, b.coef_)
-    assert a.n_iter_ > 3 and not hasattr(a, "net_")
+    plain = MeanProbeClassifier(weight_decay=weight_decay, tol=1e-8, max_iter=500)
+    assert not _fit_quiet(plain, X, y)
+    skorch_path = clone(plain).set_params(callbacks=[_NoOpCallback()]).fit(X, y)
+    assert not hasattr(plain, "net_") and hasattr(skorch_path, "net_")
+    assert 3 < plain.n_iter_ < 500
+    np.testing.assert_allclose(plain.coef_, skorch_path.coef_, atol=1e-5)
+    np.testing.assert_allclose(plain.intercept_, skorch_path.intercept_, atol=1e-5)
+    assert plain.loss_curve_[-1] <= skorch_path.loss_curve_[-1] + 1e-10
+
+
+def test_lbfgs_iteration_limit_warns(needle):
+    X, y = needle
+    est = MeanProbeClassifier(weight_decay=1e-3, max_iter=2)
+    caught = _fit_quiet(est, X, y)
+    assert caught and est.n_iter_ == 2
 
 
 @pytest.mark.parametrize("state", [False, True])
