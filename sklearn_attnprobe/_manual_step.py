@@ -45,6 +45,9 @@ def manual_objective(module, weight_decay):
 
 
 class _ManualObjective:
+    """The penalised objective of one module (decays fixed at construction),
+    evaluated batch by batch with its gradients; see the module doc."""
+
     def __init__(self, module, weight_decay, backend):
         self.module = module
         self.backend = backend
