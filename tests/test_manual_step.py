@@ -97,3 +97,22 @@ def test_fits_through_the_manual_objective_match_autograd_fits(monkeypatch, dtyp
     np.testing.assert_allclose(manual.loss_curve_, autograd.loss_curve_, rtol=rtol)
     np.testing.assert_allclose(manual.decision_function(X), autograd.decision_function(X),
                                rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("n_outputs", [1, 4])
+def test_loss_gradient_stays_finite_at_extreme_logits(n_outputs):
+    from sklearn_attnprobe._fused_numba import weighted_log_loss_grad
+    from sklearn_attnprobe._training import weighted_log_loss
+
+    rng = np.random.default_rng(0)
+    logits = rng.choice([-1e4, -30.0, 0.0, 30.0, 1e4], size=(50, n_outputs))
+    y = rng.integers(0, max(n_outputs, 2), 50)
+    w = rng.random(50)
+    grad = np.empty_like(logits)
+    loss = weighted_log_loss_grad(logits, y, w, grad)
+    t = torch.tensor(logits, requires_grad=True)
+    expected = weighted_log_loss(t, torch.as_tensor(y), torch.as_tensor(w))
+    expected.backward()
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    np.testing.assert_allclose(loss, float(expected.detach()), rtol=1e-12)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-9, atol=1e-15)
