@@ -92,12 +92,9 @@ class AdamW:
         backend = load_backend("numba")
         if backend is None:
             return None
-        step = state["step"]
-        if step.device.type != "cpu" or step.dtype != torch.float32:
-            return None
         # numpy views share the tensors' memory: the kernel path updates the
         # state (step count included) in place without a torch call
-        views = (step.numpy(), *(t.detach().numpy().reshape(-1)
+        views = (state["step"].numpy(), *(t.detach().numpy().reshape(-1)
                                  for t in (p, state["exp_avg"], state["exp_avg_sq"])),
                  backend.adamw_update)
         cache[p] = (state["exp_avg"], views)

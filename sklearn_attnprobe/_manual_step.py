@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import _fused
-from ._modules import AttentionProbeModule
+from ._modules import AttentionProbeModule, _penalty, query_decay
 
 
 def manual_objective(module, weight_decay):
@@ -52,9 +52,8 @@ class _ManualObjective:
         self.module = module
         self.backend = backend
         self.code = _fused.POSITION_CODES[module.position]
-        q = module.query_weight_decay
         self.wd_value = weight_decay
-        self.wd_query = weight_decay if q is None else float(q)
+        self.wd_query = float(query_decay(module.query_weight_decay, weight_decay))
 
     def blas_context(self):
         """Hold BLAS to one thread around the whole loop (the kernels' rule,
@@ -86,7 +85,7 @@ class _ManualObjective:
                 self.backend.block_arrays(block), qT, slope, self.code)
             flat = pooled.reshape(k, H * d).astype(dtype, copy=False)
             np.matmul(flat, values, out=logits[row:row + k])
-            saved.append((block, pooled, lse, row))
+            saved.append((block, pooled, flat, lse, row))
             row += k
         logits += m.bias.detach().numpy()
         grad = np.empty_like(logits)
@@ -95,10 +94,9 @@ class _ManualObjective:
         d_values = np.zeros((H * d, C), dtype)
         d_query_t = np.zeros((H, d), dtype)
         d_slope = np.zeros(H, dtype)
-        for block, pooled, lse, row in saved:
+        for block, pooled, flat, lse, row in saved:
             k = len(block)
             g = grad[row:row + k]
-            flat = pooled.reshape(k, H * d).astype(dtype, copy=False)
             d_values += (g.T @ flat).T
             d_pooled = (g @ values.T).reshape(k, H, d).astype(pooled.dtype, copy=False)
             dq, ds = self.backend.backward_arrays(
@@ -109,8 +107,8 @@ class _ManualObjective:
         d_query = d_query_t.T
         objective = float(loss)
         if self.wd_value or self.wd_query:
-            objective += 0.5 * (self.wd_value * float(np.vdot(value, value))
-                                + self.wd_query * float(np.vdot(query, query)))
+            objective += _penalty(self.wd_query, self.wd_value,
+                                  float(np.vdot(query, query)), float(np.vdot(value, value)))
             d_values += self.wd_value * values
             d_query = d_query + self.wd_query * query
         m.query.grad = torch.from_numpy(np.ascontiguousarray(d_query, dtype))

@@ -38,10 +38,16 @@ def init_values(d_model, n_heads, n_outputs, generator, dtype):
     return value.to(dtype)
 
 
+def query_decay(query_weight_decay, weight_decay):
+    """The query's L2 coefficient: ``query_weight_decay``, or ``weight_decay``
+    where it is None."""
+    return weight_decay if query_weight_decay is None else query_weight_decay
+
+
 def _penalty(query_weight_decay, weight_decay, sq_query, sq_value):
     """``weight_decay / 2 * ||V||^2`` plus the query's term, at
-    ``query_weight_decay`` (``weight_decay`` where it is None)."""
-    q = weight_decay if query_weight_decay is None else query_weight_decay
+    :func:`query_decay`."""
+    q = query_decay(query_weight_decay, weight_decay)
     return 0.5 * (weight_decay * sq_value + q * sq_query)
 
 
