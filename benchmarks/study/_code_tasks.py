@@ -30,8 +30,9 @@ _TORCH_CPP_SKIP = ["torch/include/ATen/ops/*", "*/cuda/*", "*/hip/*", "*.cuh",
                    "*/qnnpack/*", "*/xnnpack/*"]
 _SCI = ("numpy", "scipy", "scikit-learn")
 # class -> (comment style, [(package, include globs, exclude globs), ...]);
-# package "METADATA:<type>" means every STUDY_PACKAGES long description of that
-# content type (README text in the .dist-info/METADATA file).
+# package "METADATA:<type>" means the long descriptions (README text in the
+# .dist-info/METADATA file) of the packages _sources.README_PACKAGES lists for
+# that content type. Every package named here is pinned in _sources.STUDY_PINS.
 CODE_CLASSES = {
     "Python": ("hash", [(p, ["*.py"], ["*/tests/*", "*/testing/*", "*/_vendor/*",
                                        "*/vendored/*", "*/externals/*"])
@@ -138,10 +139,8 @@ def _is_library(path):
 
 def build_python_tests(name, n, seed):
     log = src.SourceLog()
-    pkgs = [src.optional_distribution(p) for p in PT_PACKAGES]
-    pkgs = [d for d in pkgs if d is not None]
-    if not pkgs:
-        raise ValueError(f"{name}: none of {PT_PACKAGES} is installed")
+    # all of them, pinned: leaving out a missing one would change the texts
+    pkgs = [src.pinned(p) for p in PT_PACKAGES]
     seen_text, file_of, out = set(), {}, [[], []]
     streams = []
     for dist in pkgs:
@@ -194,7 +193,7 @@ PL_LICENSE = ("BSD-3-Clause (numpy, scipy, scikit-learn, pandas, networkx, sympy
 
 
 def _library_stream(cls, pkg, rng):
-    dist = src.distribution(pkg)
+    dist = src.pinned(pkg)
     files = [(dist, p) for p in src.list_files(dist, ["*.py"]) if _is_library(p)]
     return [src.window_stream(files, rng, "hash", 2, middle=True)]
 

