@@ -63,15 +63,18 @@ class MeanAdamWSearchCV(_BaseProbeCV):
                              requires_grad=True)
         bias = torch.zeros(M, n_outputs, dtype=pdtype, device=device, requires_grad=True)
         optimizer = AdamW([weight, bias], lr=self.learning_rate)
+
+        def all_logits():             # (n, M, n_outputs): every model on every text
+            return (feats @ weight.view(d, M * n_outputs)).view(n, M, n_outputs) + bias
+
         for _ in range(self.max_iter):
             optimizer.zero_grad(set_to_none=True)
-            logits = (feats @ weight.view(d, M * n_outputs)).view(n, M, n_outputs) + bias
-            obj = weighted_log_loss(logits, y, w)
+            obj = weighted_log_loss(all_logits(), y, w)
             obj = obj + 0.5 * decay * (weight**2).sum(dim=(0, 2))
             obj.sum().backward()
             optimizer.step()
         self.n_iter_ = np.full((n_splits, len(wds)), self.max_iter)
         with torch.no_grad():
-            logits = (feats @ weight.view(d, M * n_outputs)).view(n, M, n_outputs) + bias
+            logits = all_logits()
         return logits.double().cpu().numpy().reshape(n, n_splits, len(wds), n_outputs)
 

