@@ -13,7 +13,12 @@ Three measurements (issue "time to a fitted probe"):
   fits of 220 and 20 fixed steps over 200 (packing and set-up cancel);
 * ``cv``: ``AttentionProbeClassifierCV(n_heads=8)`` (4 weight decays x 5
   folds + refit) on 2,000 texts of 128 tokens, d_model 384, on every core
-  (this tree only: 0.1.0 takes over a quarter of an hour here).
+  (this tree only: 0.1.0 takes over a quarter of an hour here);
+* ``cvstep``: seconds per step of the stacked CV pass of
+  ``AttentionProbeClassifierCV`` (1 and 8 heads, 20 models) on a study-sized
+  task: 800 float16 texts of 64-128 tokens, d_model 576 (SmolLM2's), 5
+  classes, one thread; the difference of passes of 14 and 4 fixed steps
+  over 10 (no refit).
 
 Each fit runs in a fresh subprocess of the interpreter under test (``--baseline-python``
 for 0.1.0, e.g. a venv with ``pip install`` of ``git archive 5987ba4``), reading
@@ -62,6 +67,8 @@ def worker(spec):
 
     if spec["kind"] == "step":
         return _step_ms(ap)
+    if spec["kind"] == "cvstep":
+        return _cv_step_seconds(ap, spec)
     Xa, ya, Xb, yb = _load(spec["data"])
 
     def fit():
@@ -109,6 +116,22 @@ def _step_ms(ap):
                 version=ap.__version__, ms_per_step=(long - short) / 200 * 1e3)
 
 
+def _cv_step_seconds(ap, spec):
+    Xa, ya, _, _ = _load(spec["data"])
+
+    def fit(steps):
+        params = dict(n_heads=spec["n_heads"], max_iter=steps, refit=False, random_state=0)
+        if "n_iter_no_change" in ap.AttentionProbeClassifierCV().get_params():
+            params["n_iter_no_change"] = None  # 0.1.0 always runs max_iter steps
+        start = time.perf_counter()
+        ap.AttentionProbeClassifierCV(**params).fit(Xa, ya)
+        return time.perf_counter() - start
+
+    fit(2)  # one-time costs out of the way
+    short, long = fit(4), fit(14)
+    return dict(seconds=(long - short) / 10, test_accuracy=None, version=ap.__version__)
+
+
 # -- the driver ------------------------------------------------------------------
 def _save_task(folder, name, task, n_train, n_test, **kwargs):
     from sklearn_attnprobe.datasets import make_planted_task
@@ -132,17 +155,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Time to a fitted probe vs 0.1.0")
     parser.add_argument("--baseline-python", required=False)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--only", choices=["planted", "grid", "step", "cv"],
+    parser.add_argument("--baseline-label", default="0.1.0",
+                        help="the baseline's name in the report (another commit, say)")
+    parser.add_argument("--only", choices=["planted", "grid", "step", "cv", "cvstep"],
                         action="append")
     parser.add_argument("--worker")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    only = args.only or ["planted", "grid", "step", "cv"]
+    only = args.only or ["planted", "grid", "step", "cv", "cvstep"]
     pythons = {"ours": sys.executable}
     if args.baseline_python:
-        pythons["0.1.0"] = args.baseline_python
+        pythons[args.baseline_label] = args.baseline_python
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         jobs = []
@@ -165,6 +190,12 @@ def main(argv=None):
                               min_length=128, max_length=128)
             jobs.append(dict(kind="cv", task="needle", n_heads=8, data=path,
                              threads=os.cpu_count(), ours_only=True))
+        if "cvstep" in only:
+            path = _save_task(folder, "cvstep", "needle", 800, 10, d_model=576, n_classes=5,
+                              min_length=64, max_length=128, dtype=np.float16)
+            for n_heads in (1, 8):
+                jobs.append(dict(kind="cvstep", task="needle", n_heads=n_heads, data=path,
+                                 threads=1))
         for spec in jobs:
             for side, python in pythons.items():
                 if side != "ours" and spec.get("ours_only"):
@@ -173,7 +204,7 @@ def main(argv=None):
                 rows.append(dict(side=side, **{k: v for k, v in spec.items()
                                                if k not in ("data", "ours_only")}, **result))
                 print(json.dumps(rows[-1]), flush=True)
-    report = _report(rows)
+    report = _report(rows, args.baseline_label)
     print(report)
     if args.out:
         # imported here: the workers run this file as a script, outside the package
@@ -182,13 +213,14 @@ def main(argv=None):
         save_results(args.out, "fit_time", rows, report)
 
 
-def _report(rows):
+def _report(rows, base_label="0.1.0"):
     import platform
 
+    b = base_label
     lines = [f"Machine: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores; one torch thread per fit except the CV row.", "",
-             "| measurement | task | heads | 0.1.0 s | ours s | speed-up | 0.1.0 acc | "
-             "ours acc | ours n_iter / best wd | warm: 0.1.0 s | ours s | speed-up |",
+             f"| measurement | task | heads | {b} s | ours s | speed-up | {b} acc | "
+             f"ours acc | ours n_iter / best wd | warm: {b} s | ours s | speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     key = lambda r: (r["kind"], r["task"], r["n_heads"])  # noqa: E731
     groups = {}
@@ -196,17 +228,23 @@ def _report(rows):
         groups.setdefault(key(r), {})[r["side"]] = r
     speedups = {}
     for (kind, task, heads), sides in groups.items():
-        ours, base = sides["ours"], sides.get("0.1.0")
+        ours, base = sides["ours"], sides.get(base_label)
         tail = ours.get("n_iter", ours.get("best"))
         if not base:
+            acc = ours["test_accuracy"]
+            acc = "-" if acc is None else f"{acc:.3f}"
             lines.append(f"| {kind} | {task} | {heads} | - | {ours['seconds']:.1f} | - | - | "
-                         f"{ours['test_accuracy']:.3f} | {tail} | - | - | - |")
+                         f"{acc} | {tail} | - | - | - |")
             continue
         ratio = base["seconds"] / ours["seconds"]
         speedups.setdefault(kind, []).append(ratio)
         if kind == "step":
             lines.append(f"| step (ms) | {task} | {heads} | {base['ms_per_step']:.2f} | "
                          f"{ours['ms_per_step']:.2f} | {ratio:.1f}x | - | - | - | - | - | - |")
+            continue
+        if kind == "cvstep":
+            lines.append(f"| CV step (s) | {task} | {heads} | {base['seconds']:.3f} | "
+                         f"{ours['seconds']:.3f} | {ratio:.2f}x | - | - | - | - | - | - |")
             continue
         warm = "- | - | -"
         if "warm_seconds" in ours and "warm_seconds" in base:

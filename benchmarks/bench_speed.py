@@ -101,7 +101,8 @@ def read_bandwidth(n_bytes=1 << 29):
 def thin_product_rate(d, n_heads, n_tokens=128, reps=2000):
     """Multiply-adds per second of the fused operator's per-text products,
     ``(tokens, d) @ (d, heads)`` with the text in cache (numpy's BLAS, as the
-    kernels call it): the compute floor of a step is 5 of them per token."""
+    kernels call it): the compute floor of a step is 4 of them per token (5
+    where the backward recomputes the logits)."""
     x = np.random.default_rng(0).standard_normal((n_tokens, d)).astype(np.float32)
     q = np.ones((d, n_heads), np.float32)
     x @ q
@@ -246,12 +247,16 @@ def step_section(args, hw):
             bws.append(read_bandwidth())
     t_direct = direct_step(X, y, H, C, steps=args.step_repeats)
     bw = float(np.median(bws))
-    # FLOPs of the fused operator per real token: forward 2Hd, backward 3Hd
-    # multiply-adds (the logits recomputed)
-    flops = 2.0 * 5 * tokens * args.d_model * H
+    # FLOPs of the fused operator per real token: forward 2Hd, backward 2Hd
+    # multiply-adds where the CPU forward keeps the weights for the backward,
+    # 3Hd where the backward recomputes the logits
+    from sklearn_attnprobe._fused_cpu import keeps_weights
+
+    products = 4 if keeps_weights(int(lengths.max()), args.d_model) else 5
+    flops = 2.0 * products * tokens * args.d_model * H
     # the same multiply-adds at the rate of the kernels' per-text products
     thin_rate = thin_product_rate(args.d_model, H)
-    compute_floor = 5.0 * tokens * args.d_model * H / thin_rate
+    compute_floor = products * tokens * args.d_model * H / thin_rate
     rows = []
     for name, input_dtype, compute in STEP_CONFIGS:
         # the bytes the fused operator reads: half-precision input is read as

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import _fused_numba as kernels
+from . import _scratch
 
 _KIND = {torch.float16: 1, torch.bfloat16: 2}
 adamw_update = kernels.adamw_update
@@ -82,53 +83,104 @@ def _np(t):
     return np.ascontiguousarray(t.detach().cpu().numpy())
 
 
-def forward_arrays(arrays, qT, slope, code):
-    """``pooled (k, H, d)`` and ``lse (k, H)`` of a block given as
-    :func:`_arrays`; ``qT`` is the ``(H, d)`` query, in the accumulation dtype.
-    Call inside :func:`one_blas_thread`."""
+def keeps_weights(T, d):
+    """Whether a training forward keeps its ``(k, T, H)`` weights for the
+    backward, which then skips recomputing the logits (half of its first
+    product's columns and the exponentials).
+
+    On CPU the kernels are arithmetic-bound (at 160 stacked heads they ran at
+    about 90% of the BLAS rate of the same products), so the recomputation
+    costs time, not bandwidth. Kept only where the weights take no more memory
+    than the pooled states the backward keeps anyway (``(k, H, d)``): padded
+    length ``T <= d``.
+    """
+    return T <= d
+
+
+def _none(dtype):
+    return np.empty((0, 0, 0), dtype=dtype)
+
+
+def forward_arrays(arrays, qT, slope, code, keep=False, Vt=None):
+    """A block given as :func:`_arrays` through the forward kernel:
+    ``(pooled (k, H, d), lse (k, H), weights (k, T, H) or None, zh (k, H, C)
+    or None)``. ``qT`` is the ``(H, d)`` query in the accumulation dtype; the
+    weights are kept with ``keep``; with the values ``Vt (H, C, d)`` each
+    head's class logits ``zh`` are formed too. Call inside
+    :func:`one_blas_thread`."""
     xf, xh, kind, lengths = arrays
-    k = lengths.shape[0]
-    d = (xh if kind else xf).shape[2]
+    k, T, d = (xh if kind else xf).shape
     H = qT.shape[0]
-    pooled = np.empty((k, H, d), dtype=qT.dtype)
-    lse = np.empty((k, H), dtype=qT.dtype)
+    dtype = qT.dtype
+    pooled = _scratch.empty((k, H, d), dtype)
+    lse = np.empty((k, H), dtype=dtype)
+    weights = _scratch.empty((k, T, H), dtype) if keep else _none(dtype)
+    if Vt is None:
+        Vt, zh = _none(dtype), _none(dtype)
+    else:
+        zh = np.empty((k, H, Vt.shape[1]), dtype=dtype)
     n = _threads()
+    run = kernels.forward if n > 1 else kernels.forward_serial
     if n > 1:
         numba.set_num_threads(n)
-        kernels.forward(xf, xh, lengths, kind, qT, slope, code, pooled, lse, n)
-    else:
-        kernels.forward_serial(xf, xh, lengths, kind, qT, slope, code, pooled, lse, 1)
-    return pooled, lse
+    run(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights, Vt, zh, n)
+    return pooled, lse, (weights if keep else None), (zh if Vt.shape[0] else None)
 
 
-def backward_arrays(arrays, qT, slope, code, pooled, lse, dpooled):
-    """``dQ^T (H, d)`` and ``dslope (H,)`` of a block given as :func:`_arrays`
-    (``dpooled`` contiguous, in the accumulation dtype). Call inside
+def backward_arrays(arrays, qT, slope, code, pooled, lse, dpooled, weights=None, Vt=None,
+                    dzh=None):
+    """``dQ^T (H, d)``, ``dslope (H,)`` and ``dV (H, C, d)`` (None without
+    values) of a block given as :func:`_arrays`: from ``dpooled`` (contiguous,
+    in the accumulation dtype), or, with the values ``Vt``, from each head's
+    class-logit gradient ``dzh (k, H, C)``. ``weights`` as kept by
+    :func:`forward_arrays`, or None to recompute them. Call inside
     :func:`one_blas_thread`."""
     xf, xh, kind, lengths = arrays
     H, d = qT.shape
+    dtype = qT.dtype
+    weights = _none(dtype) if weights is None else weights
     n = _threads()
-    dq = np.empty((n, H, d), dtype=qT.dtype)
-    ds = np.empty((n, H), dtype=qT.dtype)
+    dq = np.empty((n, H, d), dtype=dtype)
+    ds = np.empty((n, H), dtype=dtype)
+    if Vt is None:
+        Vt, dzh, dV = _none(dtype), _none(dtype), np.empty((n, 0, 0, 0), dtype)
+    else:
+        dpooled = _none(dtype)
+        dV = np.empty((n, *Vt.shape), dtype=dtype)
+    run = kernels.backward if n > 1 else kernels.backward_serial
     if n > 1:
         numba.set_num_threads(n)
-        kernels.backward(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled,
-                         dq, ds)
+    run(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled, weights, Vt, dzh,
+        dq, ds, dV)
+    return dq.sum(0), ds.sum(0), (dV.sum(0) if Vt.shape[0] else None)
+
+
+def _tensor(a):
+    return None if a is None else torch.from_numpy(a)
+
+
+def forward(x, lengths, query, slope, code, keep_weights=False, value_t=None):
+    """Pooled states, log-sum-exp, the weights kept for :func:`backward` (with
+    ``keep_weights``, where :func:`keeps_weights` allows) and, given the
+    values ``value_t (H, C, d)``, each head's class logits, as tensors."""
+    keep = keep_weights and keeps_weights(x.shape[1], x.shape[2])
+    Vt = None if value_t is None else _np(value_t)
+    with one_blas_thread():
+        out = forward_arrays(_arrays(x, lengths), _np(query.T), _np(slope), code, keep, Vt)
+    return tuple(_tensor(a) for a in out)
+
+
+def backward(x, lengths, query, slope, code, pooled, lse, dpooled, weights=None,
+             value_t=None, dzh=None):
+    """``(dQ (d, H), dslope (H,), dV (H, C, d) or None)``: from ``dpooled``, or
+    from ``dzh`` given the values ``value_t``."""
+    qT = _np(query.T)
+    if value_t is not None:
+        Vt, dzh, dpooled = _np(value_t), _np(dzh.to(query.dtype)), None
     else:
-        kernels.backward_serial(xf, xh, lengths, kind, qT, slope, code, pooled, lse,
-                                dpooled, dq, ds)
-    return dq.sum(0), ds.sum(0)
-
-
-def forward(x, lengths, query, slope, code):
+        Vt, dpooled = None, _np(dpooled.to(query.dtype))
     with one_blas_thread():
-        pooled, lse = forward_arrays(_arrays(x, lengths), _np(query.T), _np(slope), code)
-    return torch.from_numpy(pooled), torch.from_numpy(lse)
-
-
-def backward(x, lengths, query, slope, code, pooled, lse, dpooled):
-    with one_blas_thread():
-        dq, ds = backward_arrays(_arrays(x, lengths), _np(query.T), _np(slope), code,
-                                 pooled.numpy(), lse.numpy(),
-                                 _np(dpooled.to(query.dtype)))
-    return torch.from_numpy(dq.T.copy()), torch.from_numpy(ds)
+        dq, ds, dV = backward_arrays(_arrays(x, lengths), qT, _np(slope), code,
+                                     pooled.numpy(), lse.numpy(), dpooled,
+                                     None if weights is None else weights.numpy(), Vt, dzh)
+    return torch.from_numpy(dq.T.copy()), torch.from_numpy(ds), _tensor(dV)

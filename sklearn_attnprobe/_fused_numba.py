@@ -162,25 +162,45 @@ def _softmax_columns(S, L, lse_out, bits, top, total):
 
 
 @njit(**_OPTS)
-def _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, i, wide, S, bits,
-                  top, total):
+def _head_values(pooled, Vt, zh):
+    """``zh[h, c] = pooled[h] . Vt[h, c]``: each head's class logits, while
+    the text's pooled states are still in cache."""
+    acc = pooled.dtype.type
+    for h in range(Vt.shape[0]):
+        for c in range(Vt.shape[1]):
+            s = acc(0)
+            for j in range(Vt.shape[2]):
+                s += pooled[h, j] * Vt[h, c, j]
+            zh[h, c] = s
+
+
+@njit(**_OPTS)
+def _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights, Vt, zh, i,
+                  wide, S, bits, top, total):
     """Text ``i``, token-major: logits ``(L, H)`` as one ``(L, d) @ (d, H)``
-    BLAS call into scratch, the softmax down its columns, and the pooled
-    states as one ``(H, L) @ (L, d)`` call written straight into ``pooled[i]``
-    (no per-text allocations or transposes)."""
+    BLAS call into scratch (or into ``weights[i]`` when the weights are kept
+    for the backward), the softmax down its columns, and the pooled states as
+    one ``(H, L) @ (L, d)`` call written straight into ``pooled[i]`` (no
+    per-text allocations or transposes)."""
     L = lengths[i]
     xt = _text(xf, xh, i, L, kind, wide)[:L]
-    a = S[:L]
+    a = weights[i, :L] if weights.shape[0] else S[:L]
     np.dot(xt, qT.T, a)
     _add_positions(a, L, slope, code)
     _softmax_columns(a, L, lse[i], bits, top, total)
     np.dot(a.T, xt, pooled[i])
+    if Vt.shape[0]:
+        _head_values(pooled[i], Vt, zh[i])
 
 
 @njit(parallel=True, **_OPTS)
-def forward(xf, xh, lengths, kind, qT, slope, code, pooled, lse, n_chunks):
+def forward(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights, Vt, zh,
+            n_chunks):
     """Fill ``pooled (k, H, d)`` and ``lse (k, H)`` for a block of ``k`` texts
-    (``xf`` or, for half precision, ``xh``: ``(k, T, d)``), texts in parallel."""
+    (``xf`` or, for half precision, ``xh``: ``(k, T, d)``), texts in parallel;
+    also the weights ``(k, T, H)`` unless ``weights`` is empty (first axis 0),
+    and each head's class logits ``zh (k, H, C)`` from the values ``Vt (H, C,
+    d)`` unless ``Vt`` is empty."""
     k, T, d = xh.shape if kind else xf.shape
     H = qT.shape[0]
     per = (k + n_chunks - 1) // n_chunks
@@ -190,12 +210,13 @@ def forward(xf, xh, lengths, kind, qT, slope, code, pooled, lse, n_chunks):
         bits = np.empty(T * H, dtype=np.int32)
         top, total = np.empty(H, dtype=qT.dtype), np.empty(H, dtype=qT.dtype)
         for i in range(ch * per, min(k, (ch + 1) * per)):
-            _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, i,
-                          wide, S, bits, top, total)
+            _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights,
+                          Vt, zh, i, wide, S, bits, top, total)
 
 
 @njit(**_OPTS)
-def forward_serial(xf, xh, lengths, kind, qT, slope, code, pooled, lse, n_chunks):
+def forward_serial(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights, Vt, zh,
+                   n_chunks):
     """:func:`forward` on the calling thread (no threading layer involved)."""
     k, T, d = xh.shape if kind else xf.shape
     H = qT.shape[0]
@@ -204,29 +225,43 @@ def forward_serial(xf, xh, lengths, kind, qT, slope, code, pooled, lse, n_chunks
     bits = np.empty(T * H, dtype=np.int32)
     top, total = np.empty(H, dtype=qT.dtype), np.empty(H, dtype=qT.dtype)
     for i in range(k):
-        _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, i, wide, S,
-                      bits, top, total)
+        _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights, Vt,
+                      zh, i, wide, S, bits, top, total)
 
 
 @njit(**_OPTS)
-def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled,
-                    start, stop, dq, dslope):
-    """Texts ``start:stop``, token-major. The recomputed logits and ``dA_th =
-    x_t . dp_h`` come from one ``(L, d) @ (d, 2H)`` BLAS call (the two
-    products alone ran 10% faster so at d 384; the whole backward kernel 6%
-    faster at d 32, unchanged within noise at d 384); then ``g_th = a_th (dA_th -
-    pooled_h . dp_h)``, ``dslope_h += sum_t g_th p_t`` and ``dQ^T += g^T x``."""
+def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled, weights,
+                    Vt, dzh, start, stop, dq, dslope, dV):
+    """Texts ``start:stop``, token-major: ``g_th = a_th (dA_th - pooled_h .
+    dp_h)``, ``dslope_h += sum_t g_th p_t`` and ``dQ^T += g^T x``.
+
+    ``dp`` is ``dpooled[i]``, or, with the values ``Vt (H, C, d)`` given (first
+    axis not 0), formed per text from the head logits' gradient ``dzh`` as
+    ``dp_h = sum_c dzh_hc Vt_hc``, with ``dV_hc += dzh_hc pooled_h``.
+
+    With the forward's ``weights`` kept (first axis not 0), ``dA = x dp^T`` is
+    the one product before ``g``. Without them the weights are recomputed from
+    the saved log-sum-exp: the logits and ``dA`` come from one ``(L, d) @
+    (d, 2H)`` BLAS call (the two products alone ran 10% faster so at d 384;
+    the whole backward kernel 6% faster at d 32, unchanged within noise at d
+    384), then the exponentials."""
     T, d = (xh.shape[1], xh.shape[2]) if kind else (xf.shape[1], xf.shape[2])
     H = qT.shape[0]
     acc = qT.dtype.type
+    kept = weights.shape[0] > 0
+    with_values = Vt.shape[0] > 0
     dq[:, :] = 0
     dslope[:] = 0
+    dV[:, :, :] = 0
+    formed = np.empty((H if with_values else 0, d), dtype=qT.dtype)
     wide = np.empty((T if kind else 0, d), dtype=qT.dtype)
-    w = np.empty((d, 2 * H), dtype=qT.dtype)
+    # columns: [query | dpooled^T], or [dpooled^T] alone with the weights kept
+    lead = 0 if kept else H
+    w = np.empty((d, lead + H), dtype=qT.dtype)
     for j in range(d):
-        for h in range(H):
+        for h in range(lead):
             w[j, h] = qT[h, j]
-    both = np.empty((T, 2 * H), dtype=qT.dtype)
+    both = np.empty((T, lead + H), dtype=qT.dtype)
     G = np.empty((T, H), dtype=qT.dtype)
     bits = np.empty(T * H, dtype=np.int32)
     c = np.empty(H, dtype=qT.dtype)
@@ -234,7 +269,11 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
     for i in range(start, stop):
         L = lengths[i]
         xt = _text(xf, xh, i, L, kind, wide)[:L]
-        dp = dpooled[i]
+        if with_values:
+            dp = formed
+            _value_grads(pooled[i], Vt, dzh[i], dp, dV)
+        else:
+            dp = dpooled[i]
         for h in range(H):
             s = acc(0)
             for j in range(d):
@@ -242,18 +281,24 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
             c[h] = s
         for j in range(d):
             for h in range(H):
-                w[j, H + h] = dp[h, j]
+                w[j, lead + h] = dp[h, j]
         b = both[:L]
         np.dot(xt, w, b)
         g = G[:L]
-        for t in range(L):
-            for h in range(H):
-                g[t, h] = b[t, h] - lse[i, h]
-        _add_positions(g, L, slope, code)
-        _exp_row(g.reshape(L * H), L * H, bits)
-        for t in range(L):
-            for h in range(H):
-                g[t, h] *= b[t, H + h] - c[h]
+        if kept:
+            a = weights[i, :L]
+            for t in range(L):
+                for h in range(H):
+                    g[t, h] = a[t, h] * (b[t, h] - c[h])
+        else:
+            for t in range(L):
+                for h in range(H):
+                    g[t, h] = b[t, h] - lse[i, h]
+            _add_positions(g, L, slope, code)
+            _exp_row(g.reshape(L * H), L * H, bits)
+            for t in range(L):
+                for h in range(H):
+                    g[t, h] *= b[t, H + h] - c[h]
         if code:
             p0, step = _position_line(L, code)
             for h in range(H):
@@ -265,25 +310,42 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
         dq += part
 
 
+@njit(**_OPTS)
+def _value_grads(pooled, Vt, dz, dp, dV):
+    """One text: ``dp_h = sum_c dz_hc Vt_hc`` and ``dV_hc += dz_hc pooled_h``."""
+    H, C, d = Vt.shape
+    for h in range(H):
+        for j in range(d):
+            dp[h, j] = 0
+        for c in range(C):
+            g = dz[h, c]
+            for j in range(d):
+                dp[h, j] += g * Vt[h, c, j]
+                dV[h, c, j] += g * pooled[h, j]
+
+
 @njit(parallel=True, **_OPTS)
-def backward(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled, dq_parts,
-             dslope_parts):
-    """Per-chunk sums ``dQ^T (n_chunks, H, d)`` and ``dslope (n_chunks, H)``;
+def backward(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled, weights, Vt,
+             dzh, dq_parts, dslope_parts, dV_parts):
+    """Per-chunk sums ``dQ^T (n_chunks, H, d)``, ``dslope (n_chunks, H)`` and
+    (with values) ``dV (n_chunks, H, C, d)``;
     the chunks (runs of texts) run in parallel."""
     k = lengths.shape[0]
     n_chunks = dq_parts.shape[0]
     per = (k + n_chunks - 1) // n_chunks
     for ch in prange(n_chunks):
         _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled,
-                        ch * per, min(k, (ch + 1) * per), dq_parts[ch], dslope_parts[ch])
+                        weights, Vt, dzh, ch * per, min(k, (ch + 1) * per), dq_parts[ch],
+                        dslope_parts[ch], dV_parts[ch])
 
 
 @njit(**_OPTS)
 def backward_serial(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled,
-                    dq_parts, dslope_parts):
+                    weights, Vt, dzh, dq_parts, dslope_parts, dV_parts):
     """:func:`backward` on the calling thread, one chunk."""
     _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled,
-                    0, lengths.shape[0], dq_parts[0], dslope_parts[0])
+                    weights, Vt, dzh, 0, lengths.shape[0], dq_parts[0], dslope_parts[0],
+                    dV_parts[0])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

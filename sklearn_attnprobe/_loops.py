@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _scratch
 from ._adamw import AdamW
 from ._manual_step import manual_objective
 from ._progress import ProgressReporter
@@ -143,8 +144,10 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
     best_state, best_val = None, None
     steps, start = 0, time.perf_counter()
     report = ProgressReporter(max_iter, verbose, desc, unit="step")
-    # the manual objective's BLAS rule holds for the whole loop
-    with manual.blas_context() if manual is not None else contextlib.nullcontext():
+    # the manual objective's BLAS rule holds for the whole loop; the kernels'
+    # large outputs are reused from step to step (._scratch)
+    with (manual.blas_context() if manual is not None else contextlib.nullcontext(),
+          _scratch.reuse()):
         while steps < max_iter:
             total, seen = 0.0, 0
             for batch, (y, w) in train_set.epoch(batch_size):
@@ -154,6 +157,7 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
                     obj = objectives(module, batch, y, w, decay)
                     obj.sum().backward()
                 optimizer.step()
+                _scratch.tick()
                 total = total + obj.detach() * len(batch)
                 seen += len(batch)
                 steps += 1
@@ -251,13 +255,15 @@ def lbfgs_loop(module, train_set, *, max_iter, tol, weight_decay, verbose, desc,
             obj = obj + penalty.detach()
         losses.append(obj)
         report.advance(1)
+        _scratch.tick()
         return float(obj), flat.gradient()
 
-    res = minimize(objective_and_gradient, flat.values(), jac=True, method="L-BFGS-B",
-                   options=dict(maxiter=max_iter, maxfun=options["max_eval"],
-                                maxcor=options["history_size"],
-                                gtol=options["tolerance_grad"],
-                                ftol=options["tolerance_change"]))
+    with _scratch.reuse():
+        res = minimize(objective_and_gradient, flat.values(), jac=True, method="L-BFGS-B",
+                       options=dict(maxiter=max_iter, maxfun=options["max_eval"],
+                                    maxcor=options["history_size"],
+                                    gtol=options["tolerance_grad"],
+                                    ftol=options["tolerance_change"]))
     flat.assign(res.x)
     for p in params:
         p.grad = None

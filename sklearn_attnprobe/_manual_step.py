@@ -81,11 +81,12 @@ class _ManualObjective:
         saved, row = [], 0
         for block in batch.blocks:
             k = len(block)
-            pooled, lse = self.backend.forward_arrays(
-                self.backend.block_arrays(block), qT, slope, self.code)
+            keep = self.backend.keeps_weights(block.x.shape[1], d)
+            pooled, lse, weights, _ = self.backend.forward_arrays(
+                self.backend.block_arrays(block), qT, slope, self.code, keep)
             flat = pooled.reshape(k, H * d).astype(dtype, copy=False)
             np.matmul(flat, values, out=logits[row:row + k])
-            saved.append((block, pooled, flat, lse, row))
+            saved.append((block, pooled, flat, lse, weights, row))
             row += k
         logits += m.bias.detach().numpy()
         grad = np.empty_like(logits)
@@ -94,14 +95,14 @@ class _ManualObjective:
         d_values = np.zeros((H * d, C), dtype)
         d_query_t = np.zeros((H, d), dtype)
         d_slope = np.zeros(H, dtype)
-        for block, pooled, flat, lse, row in saved:
+        for block, pooled, flat, lse, weights, row in saved:
             k = len(block)
             g = grad[row:row + k]
             d_values += (g.T @ flat).T
             d_pooled = (g @ values.T).reshape(k, H, d).astype(pooled.dtype, copy=False)
-            dq, ds = self.backend.backward_arrays(
+            dq, ds, _ = self.backend.backward_arrays(
                 self.backend.block_arrays(block), qT, slope, self.code, pooled, lse,
-                d_pooled)
+                d_pooled, weights)
             d_query_t += dq
             d_slope += ds
         d_query = d_query_t.T

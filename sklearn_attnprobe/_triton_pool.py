@@ -152,17 +152,20 @@ def _config(x, H):
     return dict(BT=BT, BD=BD, BH=BH, PRECISION=precision)
 
 
-def forward(x, lengths, query, slope, code):
+def forward(x, lengths, query, slope, code, keep_weights=False):
+    """Pooled states and log-sum-exp, as :func:`._fused_cpu.forward` returns
+    them; the weights are never kept on the GPU (memory-bound there: the
+    backward recomputes them) and there is no value-projection form."""
     k, _, d = x.shape
     H = query.shape[1]
     pooled = torch.zeros(k, H, d, dtype=torch.float32, device=x.device)
     lse = torch.empty(k, H, dtype=torch.float32, device=x.device)
     _forward_kernel[(k,)](x, lengths, query.contiguous(), slope.contiguous(), pooled, lse,
                           d, H, x.stride(0), x.stride(1), CODE=code, **_config(x, H))
-    return pooled, lse
+    return pooled, lse, None, None
 
 
-def backward(x, lengths, query, slope, code, pooled, lse, dpooled):
+def backward(x, lengths, query, slope, code, pooled, lse, dpooled, weights=None):
     k, _, d = x.shape
     H = query.shape[1]
     dq = torch.zeros(d, H, dtype=torch.float32, device=x.device)
@@ -170,4 +173,4 @@ def backward(x, lengths, query, slope, code, pooled, lse, dpooled):
     _backward_kernel[(k,)](x, lengths, query.contiguous(), slope.contiguous(), pooled, lse,
                            dpooled.float().contiguous(), dq, dslope, d, H, x.stride(0),
                            x.stride(1), CODE=code, **_config(x, H))
-    return dq.to(query.dtype), dslope.to(query.dtype)
+    return dq.to(query.dtype), dslope.to(query.dtype), None

@@ -83,6 +83,128 @@ def test_values_and_gradients_match_reference(lengths, d, H, dtype, position, qs
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("keep", [True, False])
+def test_kept_and_recomputed_weights(monkeypatch, dtype, keep):
+    # the CPU backward either uses the forward's weights or recomputes them
+    # from the log-sum-exp; force each on both sides of the size rule
+    monkeypatch.setattr(numba_backend, "keeps_weights", lambda T, d: keep)
+    rng = np.random.default_rng(11)
+    for lengths, d in [([9, 1, 14], 20), ([40, 3], 6)]:
+        x, mask, lengths = make_block(lengths, d, dtype, rng)
+        query = torch.as_tensor(rng.standard_normal((d, 3)) * 0.7)
+        slope = torch.as_tensor(rng.standard_normal(3) * 0.2)
+        check(x, mask, lengths, query, slope, "last", rng)
+
+
+@needs_numba
+def test_weights_kept_only_when_no_larger_than_pooled():
+    rng = np.random.default_rng(12)
+    for lengths, d, kept in [([7, 12], 12, True), ([13, 2], 12, False)]:
+        x, mask, lengths = make_block(lengths, d, torch.float32, rng)
+        query = torch.as_tensor(rng.standard_normal((d, 2)), dtype=torch.float32)
+        slope = torch.zeros(2, dtype=torch.float32)
+        _, _, weights, _ = numba_backend.forward(x, lengths, query, slope, 1,
+                                              keep_weights=True)
+        assert (weights is not None) == kept
+        if kept:  # (k, T, H), the softmax of each head over the real tokens
+            ref = torch.softmax((x.double() @ query.double()).masked_fill(
+                ~mask[..., None], -torch.inf), dim=1)
+            # (padded rows are scratch, never read)
+            torch.testing.assert_close(weights.double()[mask], ref[mask],
+                                       atol=1e-6, rtol=1e-5)
+        # nothing kept where no backward will run
+        assert numba_backend.forward(x, lengths, query, slope, 1)[2] is None
+
+
+def head_logits_and_grads(fn, x, lengths, query, slope, value, position, dz):
+    q, s, v = (t.detach().clone().requires_grad_() for t in (query, slope, value))
+    out = fn(x, lengths, q, s, v, position)
+    (out * dz.to(out.dtype)).sum().backward()
+    ds = s.grad if s.grad is not None else torch.zeros_like(s)
+    return [t.detach().double() for t in (out, q.grad, ds, v.grad)]
+
+
+def reference_head_logits(x, lengths, query, slope, value, position):
+    mask = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+    pooled, _ = attention_pool(x.double(), mask, lengths, query, slope, position)
+    return torch.einsum("khd,hdc->khc", pooled, value)
+
+
+@needs_numba
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=6),
+       d=st.integers(1, 30), H=st.integers(1, 6), C=st.integers(1, 4),
+       dtype=st.sampled_from(DTYPES), position=st.sampled_from(["last", "first", None]),
+       keep=st.booleans(), seed=st.integers(0, 2**16))
+def test_head_logits_match_pool_then_values(lengths, d, H, C, dtype, position, keep, seed):
+    # the value projection inside the kernels (stacked CV modules on CPU)
+    # against the reference pooling followed by the value product
+    rng = np.random.default_rng(seed)
+    x, _, lengths = make_block(lengths, d, dtype, rng)
+    query = torch.as_tensor(rng.standard_normal((d, H)) * 0.5)
+    slope = torch.as_tensor(rng.standard_normal(H) * 0.3)
+    value = torch.as_tensor(rng.standard_normal((H, d, C)))
+    dz = torch.as_tensor(rng.standard_normal((len(lengths), H, C)))
+    keeps = numba_backend.keeps_weights
+    numba_backend.keeps_weights = lambda T, d: keep
+    try:
+        got = head_logits_and_grads(_fused.fused_head_logits, x, lengths, query, slope,
+                                    value, position, dz)
+    finally:
+        numba_backend.keeps_weights = keeps
+    exp = head_logits_and_grads(reference_head_logits, x, lengths, query.double(),
+                                slope.double(), value.double(), position, dz)
+    tol = TOL.get(x.dtype, TOL32)
+    for g, e in zip(got, exp):
+        scale = max(1.0, float(e.abs().max()))
+        torch.testing.assert_close(g / scale, e / scale, **tol)
+
+
+@needs_numba
+def test_head_logits_gradcheck_float64():
+    rng = np.random.default_rng(13)
+    x, _, lengths = make_block([1, 4, 7, 3], 5, torch.float64, rng)
+
+    def f(q, s, v):
+        return _fused.fused_head_logits(x, lengths, q, s, v, "last")
+    q = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (q, s, v))
+
+
+@needs_numba
+def test_kernel_outputs_reused_only_when_free(monkeypatch):
+    from sklearn_attnprobe import _scratch
+
+    monkeypatch.setattr(_scratch, "MIN_BYTES", 0)  # pool these small arrays too
+    rng = np.random.default_rng(14)
+    x, _, lengths = make_block([300, 280], 700, torch.float32, rng)
+    query = torch.as_tensor(rng.standard_normal((700, 4)) * 0.1, dtype=torch.float32)
+    slope = torch.zeros(4, dtype=torch.float32)
+    with _scratch.reuse():
+        first = numba_backend.forward(x, lengths, query, slope, 1, keep_weights=True)
+        expected = [t.clone() for t in first[:3]]
+        # still held: a second forward must not write into these arrays
+        second = numba_backend.forward(x, lengths, -query, slope, 1, keep_weights=True)
+        assert second[0].data_ptr() != first[0].data_ptr()
+        for a, b in zip(first[:3], expected):  # (the weights' padded rows: scratch)
+            torch.testing.assert_close(a, b, equal_nan=True)
+        ptr = second[0].data_ptr()
+        del second
+        _scratch.tick()
+        third = numba_backend.forward(x, lengths, query, slope, 1, keep_weights=True)
+        assert third[0].data_ptr() == ptr  # let go of: reused
+        torch.testing.assert_close(third[0], expected[0])
+        del first, third, a, b
+        _scratch.tick()
+        _scratch.tick()  # entries not taken for a step are dropped
+        assert not _scratch._local.pool.entries
+    assert _scratch._local.pool is None
+
+
+@needs_numba
 @pytest.mark.parametrize("position", ["last", "first", None])
 def test_gradcheck_float64(position):
     rng = np.random.default_rng(0)

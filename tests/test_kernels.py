@@ -175,12 +175,12 @@ def test_binary_stack_direct_form_equals_pooled_form(position, monkeypatch):
                                rng.integers(1, 30, size=23)])
     batch = pack(X, torch.float64, "cpu")
     module = StackedAttentionProbeModule(
-        5, 6, 4, 1, position=position, dtype=torch.float64,
-        generators=[torch.Generator().manual_seed(i) for i in range(5)])
+        8, 6, 4, 1, position=position, dtype=torch.float64,
+        generators=[torch.Generator().manual_seed(i) for i in range(8)])
     with torch.no_grad():
         module.query.normal_(0, 0.7)
         module.slope.uniform_(-0.3, 0.3)
-    assert all(module._direct(b) for b in batch.blocks)  # 20 heads >= 16
+    assert all(module._direct(b) for b in batch.blocks)  # 32 heads >= 32
 
     def run():
         module.zero_grad()
@@ -193,7 +193,7 @@ def test_binary_stack_direct_form_equals_pooled_form(position, monkeypatch):
     monkeypatch.setattr(_modules, "DIRECT_MIN_HEADS", 10**6)
     assert not any(module._direct(b) for b in batch.blocks)
     pooled, g_pooled = run()
-    assert direct.shape == (len(X), 5, 1)
+    assert direct.shape == (len(X), 8, 1)
     torch.testing.assert_close(direct, pooled, rtol=1e-10, atol=1e-12)
     assert g_direct.keys() == g_pooled.keys()
     for name in g_pooled:

@@ -13,6 +13,7 @@ from sklearn_attnprobe._training import objectives
 from sklearn_attnprobe.datasets import make_planted_task
 
 pytest.importorskip("numba")
+from sklearn_attnprobe import _fused_cpu  # noqa: E402
 
 
 def _problem(input_dtype, n_outputs, position, seed=0):
@@ -40,8 +41,11 @@ def _problem(input_dtype, n_outputs, position, seed=0):
     (np.float32, 3, None, None, 1e-2, 2e-6),
     (np.float16, 3, "last", 0.0, 1e-2, 2e-6),
 ])
-def test_manual_objective_matches_autograd(input_dtype, n_outputs, position, query_wd, wd,
-                                           rtol):
+@pytest.mark.parametrize("keep", [True, False])
+def test_manual_objective_matches_autograd(monkeypatch, input_dtype, n_outputs, position,
+                                           query_wd, wd, rtol, keep):
+    # the weights kept by the forward, or recomputed by the backward
+    monkeypatch.setattr(_fused_cpu, "keeps_weights", lambda T, d: keep)
     module, batch, y, w = _problem(input_dtype, n_outputs, position)
     module.query_weight_decay = query_wd
     objectives(module, batch, y, w, wd).sum().backward()
