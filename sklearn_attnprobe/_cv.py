@@ -126,7 +126,10 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     Notes
     -----
     Memory: the packed working copy once (as one fit), plus the pooled states
-    of all models, ``n_texts * n_models * n_heads * d_model`` values.
+    of all models, ``n_texts * n_models * n_heads * d_model`` values; on CPU
+    also the attention weights kept for the backward pass, ``n_models *
+    n_heads`` values per (padded) token, kept only for blocks whose padded
+    length is at most ``d_model`` (then no larger than the pooled states).
 
     Examples
     --------
