@@ -96,19 +96,25 @@ def worker(spec):
                 version=ap.__version__, **extra)
 
 
+def _timed_fixed_steps(estimator_class, X, y, **params):
+    """Seconds to fit ``estimator_class(**params)`` for exactly ``max_iter``
+    steps (0.1.0 has no stopping rule and always runs them)."""
+    if "n_iter_no_change" in estimator_class().get_params():
+        params["n_iter_no_change"] = None
+    est = estimator_class(**params)
+    start = time.perf_counter()
+    est.fit(X, y)
+    return time.perf_counter() - start
+
+
 def _step_ms(ap):
     rng = np.random.default_rng(0)
     X = [rng.standard_normal((40, 32)).astype(np.float32) for _ in range(200)]
     y = rng.integers(0, 10, 200)
 
     def fit(steps):
-        params = dict(n_heads=8, max_iter=steps, random_state=0)
-        if "n_iter_no_change" in ap.AttentionProbeClassifier().get_params():
-            params["n_iter_no_change"] = None  # 0.1.0 always runs max_iter steps
-        est = ap.AttentionProbeClassifier(**params)
-        start = time.perf_counter()
-        est.fit(X, y)
-        return time.perf_counter() - start
+        return _timed_fixed_steps(ap.AttentionProbeClassifier, X, y, n_heads=8,
+                                  max_iter=steps, random_state=0)
 
     fit(5)  # one-time costs out of the way
     short, long = (min(fit(s) for _ in range(3)) for s in (20, 220))
@@ -120,12 +126,9 @@ def _cv_step_seconds(ap, spec):
     Xa, ya, _, _ = _load(spec["data"])
 
     def fit(steps):
-        params = dict(n_heads=spec["n_heads"], max_iter=steps, refit=False, random_state=0)
-        if "n_iter_no_change" in ap.AttentionProbeClassifierCV().get_params():
-            params["n_iter_no_change"] = None  # 0.1.0 always runs max_iter steps
-        start = time.perf_counter()
-        ap.AttentionProbeClassifierCV(**params).fit(Xa, ya)
-        return time.perf_counter() - start
+        return _timed_fixed_steps(ap.AttentionProbeClassifierCV, Xa, ya,
+                                  n_heads=spec["n_heads"], max_iter=steps, refit=False,
+                                  random_state=0)
 
     fit(2)  # one-time costs out of the way
     short, long = fit(4), fit(14)

@@ -156,14 +156,18 @@ def fused_attention_pool(x, lengths, query, slope=None, position=None, backend=N
     backend = backend or backend_for(x)
     if backend is None:
         raise RuntimeError("no fused backend for this block; use _kernels.attention_pool")
+    acc, slope, code = _operator_args(x, query, slope, position)
+    return _FusedPool.apply(x.contiguous(), lengths, query.to(acc), slope, code, backend)
+
+
+def _operator_args(x, query, slope, position):
+    """``(accumulation dtype, slope in it, position code)``; zero slopes and
+    code 0 without a position bias."""
     acc = accumulation_dtype(x.dtype)
     code = POSITION_CODES[position]
-    H = query.shape[1]
     if slope is None or not code:
-        slope, code = torch.zeros(H, dtype=acc, device=x.device), 0
-    return _FusedPool.apply(x.contiguous(), lengths, query.to(acc), slope.to(acc),
-                            code, backend)
-
+        return acc, torch.zeros(query.shape[1], dtype=acc, device=x.device), 0
+    return acc, slope.to(acc), code
 
 
 def fused_head_logits(x, lengths, query, slope, value, position=None):
@@ -182,11 +186,7 @@ def fused_head_logits(x, lengths, query, slope, value, position=None):
     backend = backend_for(x)
     if backend is None or backend is not load_backend("numba"):
         return None
-    acc = accumulation_dtype(x.dtype)
-    code = POSITION_CODES[position]
-    H = query.shape[1]
-    if slope is None or not code:
-        slope, code = torch.zeros(H, dtype=acc, device=x.device), 0
+    acc, slope, code = _operator_args(x, query, slope, position)
     value_t = value.to(acc).transpose(1, 2).contiguous()
-    return _FusedHeadLogits.apply(x.contiguous(), lengths, query.to(acc), slope.to(acc),
-                                  value_t, code, backend)
+    return _FusedHeadLogits.apply(x.contiguous(), lengths, query.to(acc), slope, value_t,
+                                  code, backend)

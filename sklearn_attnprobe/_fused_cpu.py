@@ -60,6 +60,16 @@ def _threads():
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+def _kernel(parallel, serial):
+    """``(kernel, n_chunks)``: the ``prange`` kernel over torch's thread count
+    (numba's threads set to it), or the serial one on a single thread."""
+    n = _threads()
+    if n == 1:
+        return serial, 1
+    numba.set_num_threads(n)
+    return parallel, n
+
+
 def _arrays(x, lengths):
     """``(xf, xh, kind, lengths)``: the block as floats or as 16-bit
     patterns, and its lengths, as numpy arrays (views, no copies)."""
@@ -119,10 +129,7 @@ def forward_arrays(arrays, qT, slope, code, keep=False, Vt=None):
         Vt, zh = _none(dtype), _none(dtype)
     else:
         zh = np.empty((k, H, Vt.shape[1]), dtype=dtype)
-    n = _threads()
-    run = kernels.forward if n > 1 else kernels.forward_serial
-    if n > 1:
-        numba.set_num_threads(n)
+    run, n = _kernel(kernels.forward, kernels.forward_serial)
     run(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights, Vt, zh, n)
     return pooled, lse, (weights if keep else None), (zh if Vt.shape[0] else None)
 
@@ -139,7 +146,7 @@ def backward_arrays(arrays, qT, slope, code, pooled, lse, dpooled, weights=None,
     H, d = qT.shape
     dtype = qT.dtype
     weights = _none(dtype) if weights is None else weights
-    n = _threads()
+    run, n = _kernel(kernels.backward, kernels.backward_serial)
     dq = np.empty((n, H, d), dtype=dtype)
     ds = np.empty((n, H), dtype=dtype)
     if Vt is None:
@@ -147,9 +154,6 @@ def backward_arrays(arrays, qT, slope, code, pooled, lse, dpooled, weights=None,
     else:
         dpooled = _none(dtype)
         dV = np.empty((n, *Vt.shape), dtype=dtype)
-    run = kernels.backward if n > 1 else kernels.backward_serial
-    if n > 1:
-        numba.set_num_threads(n)
     run(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled, weights, Vt, dzh,
         dq, ds, dV)
     return dq.sum(0), ds.sum(0), (dV.sum(0) if Vt.shape[0] else None)
