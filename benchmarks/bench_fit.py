@@ -18,7 +18,14 @@ Three measurements (issue "time to a fitted probe"):
   ``AttentionProbeClassifierCV`` (1 and 8 heads, 20 models) on a study-sized
   task: 800 float16 texts of 64-128 tokens, d_model 576 (SmolLM2's), 5
   classes, one thread; the difference of passes of 14 and 4 fixed steps
-  over 10 (no refit).
+  over 10 (no refit);
+* ``fitstep``: milliseconds per step of a default 8-head
+  ``AttentionProbeClassifier`` fit on the speed benchmark's workload
+  (``bench_speed.py``: 1,500 texts of 16-128 tokens, d_model 384, 10
+  classes), float16 and float32 input, one thread: the difference of fits of
+  40 and 10 fixed steps over 30, the best of three. Unlike ``bench_speed``'s
+  operator step (autograd through the module), this is the step a ``fit``
+  runs.
 
 Each fit runs in a fresh subprocess of the interpreter under test (``--baseline-python``
 for 0.1.0, e.g. a venv with ``pip install`` of ``git archive 5987ba4``), reading
@@ -69,6 +76,8 @@ def worker(spec):
         return _step_ms(ap)
     if spec["kind"] == "cvstep":
         return _cv_step_seconds(ap, spec)
+    if spec["kind"] == "fitstep":
+        return _fit_step_seconds(ap, spec)
     Xa, ya, Xb, yb = _load(spec["data"])
 
     def fit():
@@ -135,6 +144,19 @@ def _cv_step_seconds(ap, spec):
     return dict(seconds=(long - short) / 10, test_accuracy=None, version=ap.__version__)
 
 
+def _fit_step_seconds(ap, spec):
+    z = np.load(spec["data"])
+    Xa, ya = ap.RaggedArray(z["data"].astype(spec["dtype"]), z["offsets"]), z["y"]
+
+    def fit(steps):
+        return _timed_fixed_steps(ap.AttentionProbeClassifier, Xa, ya, n_heads=8,
+                                  max_iter=steps, random_state=0)
+
+    fit(2)  # one-time costs out of the way
+    short, long = (min(fit(s) for _ in range(3)) for s in (10, 40))
+    return dict(seconds=(long - short) / 30, test_accuracy=None, version=ap.__version__)
+
+
 # -- the driver ------------------------------------------------------------------
 def _save_task(folder, name, task, n_train, n_test, **kwargs):
     from sklearn_attnprobe.datasets import make_planted_task
@@ -160,14 +182,14 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     parser.add_argument("--baseline-label", default="0.1.0",
                         help="the baseline's name in the report (another commit, say)")
-    parser.add_argument("--only", choices=["planted", "grid", "step", "cv", "cvstep"],
+    parser.add_argument("--only", choices=["planted", "grid", "step", "cv", "cvstep", "fitstep"],
                         action="append")
     parser.add_argument("--worker")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    only = args.only or ["planted", "grid", "step", "cv", "cvstep"]
+    only = args.only or ["planted", "grid", "step", "cv", "cvstep", "fitstep"]
     pythons = {"ours": sys.executable}
     if args.baseline_python:
         pythons[args.baseline_label] = args.baseline_python
@@ -199,6 +221,12 @@ def main(argv=None):
             for n_heads in (1, 8):
                 jobs.append(dict(kind="cvstep", task="needle", n_heads=n_heads, data=path,
                                  threads=1))
+        if "fitstep" in only:
+            path = _save_task(folder, "fitstep", "needle", 1500, 0, d_model=384, n_classes=10,
+                              min_length=16, max_length=128, signal=8.0)
+            for dtype in ("float16", "float32"):
+                jobs.append(dict(kind="fitstep", task=f"needle {dtype}", n_heads=8, data=path,
+                                 dtype=dtype, threads=1))
         for spec in jobs:
             for side, python in pythons.items():
                 if side != "ours" and spec.get("ours_only"):
@@ -244,6 +272,10 @@ def _report(rows, base_label="0.1.0"):
         if kind == "step":
             lines.append(f"| step (ms) | {task} | {heads} | {base['ms_per_step']:.2f} | "
                          f"{ours['ms_per_step']:.2f} | {ratio:.1f}x | - | - | - | - | - | - |")
+            continue
+        if kind == "fitstep":
+            lines.append(f"| fit step (ms) | {task} | {heads} | {1e3 * base['seconds']:.1f} | "
+                         f"{1e3 * ours['seconds']:.1f} | {ratio:.2f}x | - | - | - | - | - | - |")
             continue
         if kind == "cvstep":
             lines.append(f"| CV step (s) | {task} | {heads} | {base['seconds']:.3f} | "

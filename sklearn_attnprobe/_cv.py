@@ -7,7 +7,8 @@ the texts once and train the 20 models together:
 * attention probes: one :class:`StackedAttentionProbeModule` holding all
   models, trained on all texts with each model's loss masked to its fold's
   training texts, so each step reads the activations once for all models and
-  the per-block GEMM is ``n_models * n_heads`` columns wide;
+  the per-block GEMM holds every model's heads (with ``n_heads`` searched
+  too, models of different head counts share the stack);
 * pooled probes: the texts are pooled once, then each fold runs an L-BFGS
   path over the weight decays from the strongest penalty down, each fit
   warm-started from the previous solution.
@@ -16,6 +17,8 @@ With an int ``random_state`` each stacked model starts from exactly the
 parameters a stand-alone estimator with that ``random_state`` would, so the
 batched sweep reproduces ``GridSearchCV``'s models up to float rounding.
 """
+
+import numbers
 
 import numpy as np
 import torch
@@ -42,8 +45,12 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
 
     Parameters
     ----------
-    n_heads : int, default=1
-        Attention heads of every model.
+    n_heads : int or array-like of int, default=1
+        Attention heads of every model. A list searches the head counts too:
+        every (head count, weight decay) pair is a candidate, in
+        ``ParameterGrid``'s order (head counts outer), and all of them train
+        in the same stacked pass (models of different head counts share the
+        per-block GEMM). ``best_params_`` then names ``n_heads`` as well.
     weight_decays : array-like of float, default=(0.0, 1e-3, 1e-2, 1e-1)
         Candidate L2 penalties of the values (see
         :class:`AttentionProbeClassifier`).
@@ -56,7 +63,8 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         fold's texts as ``GridSearchCV`` would; None is accuracy, the probes'
         ``score``.
     refit : bool, default=True
-        Refit the best weight decay on all texts as ``best_estimator_``.
+        Refit the best candidate (weight decay, and head count where
+        searched) on all texts as ``best_estimator_``.
     position_bias : bool, default=True
         As in :class:`AttentionProbeClassifier`.
     position : {"last", "first"} or None, default="deprecated"
@@ -99,7 +107,8 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     ----------
     cv_results_ : dict
         ``GridSearchCV``'s keys where they apply: ``params``,
-        ``param_weight_decay``, ``split{k}_test_score``, ``mean_test_score``,
+        ``param_weight_decay`` (and ``param_n_heads`` where ``n_heads`` is
+        searched), ``split{k}_test_score``, ``mean_test_score``,
         ``std_test_score``, ``rank_test_score``, ``mean_fit_time`` (the
         batched pass's time divided by the number of models).
     best_index_, best_params_, best_score_ : as in GridSearchCV
@@ -111,9 +120,11 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     fit_time_ : float
         Seconds spent in the batched cross-validation pass.
     refit_time_ : float
-        Seconds spent refitting the best weight decay (None without refit).
-    n_iter_ : ndarray of shape (n_splits, n_weight_decays)
-        AdamW steps (L-BFGS iterations) each model took before it stopped.
+        Seconds spent refitting the best candidate (None without refit).
+    n_iter_ : ndarray of shape (n_splits, n_candidates)
+        AdamW steps (L-BFGS iterations) each model took before it stopped;
+        candidates as in ``cv_results_["params"]`` (one per weight decay
+        unless ``n_heads`` is searched).
     net_ : skorch.NeuralNet
         Only when ``callbacks`` were given: the net that trained the stacked
         models.
@@ -126,9 +137,11 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     Notes
     -----
     Memory: the packed working copy once (as one fit), plus the pooled states
-    of all models, ``n_texts * n_models * n_heads * d_model`` values; on CPU
-    also the attention weights kept for the backward pass, ``n_models *
-    n_heads`` values per (padded) token, kept only for blocks whose padded
+    of all models, ``n_texts * total_heads * d_model`` values, where
+    ``total_heads`` is the heads of all stacked models (``n_splits *
+    n_weight_decays * n_heads``, or the sum over the searched head counts);
+    on CPU also the attention weights kept for the backward pass,
+    ``total_heads`` values per (padded) token, kept only for blocks whose padded
     length is at most ``d_model`` (then no larger than the pooled states).
 
     Examples
@@ -145,8 +158,9 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
     _estimator_class = AttentionProbeClassifier
     _parameter_constraints = {
         **_BaseProbeCV._parameter_constraints,
+        "n_heads": [*AttentionProbeClassifier._parameter_constraints["n_heads"], "array-like"],
         **{k: AttentionProbeClassifier._parameter_constraints[k]
-           for k in ("n_heads", "position_bias", "position", "query_weight_decay", "solver",
+           for k in ("position_bias", "position", "query_weight_decay", "solver",
                      "tol", "n_iter_no_change")},
     }
 
@@ -185,23 +199,43 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         params["position"] = "deprecated"
         return params
 
+    def _head_grid(self):
+        """The head counts searched, or None where ``n_heads`` is one int."""
+        if isinstance(self.n_heads, numbers.Integral):
+            return None
+        heads = np.asarray(self.n_heads)
+        if (heads.ndim != 1 or heads.size == 0 or not np.issubdtype(heads.dtype, np.number)
+                or not np.all(np.mod(heads, 1) == 0) or heads.min() < 1):
+            raise ValueError("n_heads must be an int >= 1 or a non-empty list of them, "
+                             f"got {self.n_heads!r}")
+        return [int(h) for h in heads]
+
+    def _search_grid(self, wds):
+        heads = self._head_grid()
+        if heads is None:
+            return super()._search_grid(wds)
+        return [{"n_heads": h, "weight_decay": float(w)} for h in heads for w in wds]
+
     def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
-        n_splits, n_wds = W.shape[1], len(wds)
-        M = n_splits * n_wds  # model m = fold m // n_wds, weight decay m % n_wds
+        grid = self._search_grid(wds)
+        n_splits, n_cand = W.shape[1], len(grid)
+        M = n_splits * n_cand  # model m = fold m // n_cand, candidate m % n_cand
         device = resolve_device(self.device)
-        helper = self._estimator_class(**self._estimator_params())
+        params = self._estimator_params()
+        heads = [c.get("n_heads", self.n_heads) for c in grid]
+        helper = self._estimator_class(**{**params, "n_heads": heads[0]})
         dtype = helper._compute_dtype(source)
         pdtype = parameter_dtype(dtype)
         # the stand-alone estimator's seed, so each model starts as it would
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         generators = [torch.Generator().manual_seed(int(seed)) for _ in range(M)]
         module = StackedAttentionProbeModule(
-            M, source.d_model, self.n_heads, n_outputs,
+            M, source.d_model, np.tile(heads, n_splits), n_outputs,
             position="last" if helper.position_bias else None,
             generators=generators, dtype=pdtype).to(device)
         helper._configure_module(module)  # the query's own penalty, as in the refit
-        module.model_split = np.repeat(np.arange(n_splits), n_wds)
-        weights = np.repeat(W, n_wds, axis=1)  # (n, M)
+        module.model_split = np.repeat(np.arange(n_splits), n_cand)
+        weights = np.repeat(W, n_cand, axis=1)  # (n, M)
         # packed in memory (blocks by the splits that leave their texts out,
         # so a step skips those splits' models there), or streamed from a
         # mapped source (._streaming)
@@ -209,14 +243,15 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
             source, y_enc, weights, batch_size=self.batch_size, device=device,
             dtype=dtype, param_dtype=pdtype, seed=seed,
             pack_source=lambda src, dt, dev: pack_by_idle_splits(src, W, dt, dev))
-        decays = torch.as_tensor(np.tile(wds, n_splits), dtype=pdtype, device=device)
+        decays = torch.as_tensor(np.tile([c["weight_decay"] for c in grid], n_splits),
+                                 dtype=pdtype, device=device)
         result = fit_module(
             module, train_set, solver=self.solver, learning_rate=self.learning_rate,
             max_iter=self.max_iter, batch_size=self.batch_size, weight_decay=decays,
             tol=self.tol, n_iter_no_change=self.n_iter_no_change,
             callbacks=self.callbacks, verbose=self.verbose,
             desc=f"{type(self).__name__} ({M} models)")
-        self.n_iter_ = result.n_iter.reshape(n_splits, n_wds)
+        self.n_iter_ = result.n_iter.reshape(n_splits, n_cand)
         if result.net is not None:
             self.net_ = result.net
         elif hasattr(self, "net_"):
@@ -225,7 +260,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         # the stand-alone probe's prediction batches, through the stacked module
         logits, order = module_logits(module, helper._predict_batches(source, dtype, device))
         logits = logits[inverse_order(order)]
-        return logits.reshape(len(y_enc), n_splits, n_wds, n_outputs)
+        return logits.reshape(len(y_enc), n_splits, n_cand, n_outputs)
 
     def attention_weights(self, X):
         """Attention weights of the refitted best model.

@@ -1,8 +1,10 @@
 """What the cross-validated probes share: folds, fold weights, scoring, refit.
 
-A CV class trains every (fold, weight decay) model in one batched pass and
+A CV class trains every (fold, candidate) model in one batched pass and
 returns their logits on all texts; this base turns those logits into
-``GridSearchCV``'s scores and results, then refits the best weight decay.
+``GridSearchCV``'s scores and results, then refits the best candidate. A
+candidate is a weight decay, or, for the attention probe with ``n_heads``
+searched, a (head count, weight decay) pair.
 Any scikit-learn scorer works: each candidate's held-out logits are served to
 it through a fitted stand-in classifier (:class:`_HeldOutLogits`).
 """
@@ -77,8 +79,14 @@ class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
     }
 
     def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
-        """``(n_texts, n_splits, n_wds, n_outputs)`` logits of every model."""
+        """``(n_texts, n_splits, n_candidates, n_outputs)`` logits of every
+        model, candidates in the order of :meth:`_search_grid`."""
         raise NotImplementedError
+
+    def _search_grid(self, wds):
+        """The candidates' parameters, in ``cv_results_`` order: here one per
+        weight decay (``ParameterGrid``'s order where a subclass searches more)."""
+        return [{"weight_decay": float(w)} for w in wds]
 
     def _estimator_params(self):
         names = self._estimator_class._get_param_names()
@@ -116,7 +124,7 @@ class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None, groups=None):
-        """Cross-validate every weight decay in one batched pass, then refit.
+        """Cross-validate every candidate in one batched pass, then refit.
 
         Parameters
         ----------
@@ -143,6 +151,7 @@ class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         W = self._fold_weights(y, y_enc, sample_weight, splits)
         n_outputs = 1 if len(self.classes_) == 2 else len(self.classes_)
 
+        grid = self._search_grid(wds)
         start = time.perf_counter()
         logits = self._candidate_logits(source, y_enc, W, wds, n_outputs)
         fit_time = time.perf_counter() - start
@@ -150,28 +159,29 @@ class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         scores = np.array([
             [self._score(scorer, logits[test, s, j], y[test],
                          None if sw is None else sw[test])
-             for j in range(len(wds))]
+             for j in range(len(grid))]
             for s, (_, test) in enumerate(splits)
-        ])  # (n_splits, n_wds)
-        self._set_cv_results(wds, scores, fit_time)
+        ])  # (n_splits, n_candidates)
+        self._set_cv_results(grid, scores, fit_time)
         if self.refit:
-            est = self._estimator_class(**self._estimator_params(),
-                                        weight_decay=self.best_params_["weight_decay"])
+            est = self._estimator_class(**{**self._estimator_params(), **self.best_params_})
             start = time.perf_counter()
             self.best_estimator_ = est.fit(X, y, sample_weight=sample_weight)
             self.refit_time_ = time.perf_counter() - start
         return self
 
-    def _set_cv_results(self, wds, scores, fit_time):
-        n_splits, n_wds = scores.shape
+    def _set_cv_results(self, grid, scores, fit_time):
+        n_splits, n_candidates = scores.shape
         mean, std = scores.mean(axis=0), scores.std(axis=0)
         rank = rankdata(-np.round(mean, 12), method="min").astype(np.int32)
         results = {
-            "mean_fit_time": np.full(n_wds, fit_time / (n_splits * n_wds)),
-            "std_fit_time": np.zeros(n_wds),
-            "param_weight_decay": np.ma.MaskedArray(wds, mask=False, dtype=object),
-            "params": [{"weight_decay": float(w)} for w in wds],
+            "mean_fit_time": np.full(n_candidates, fit_time / (n_splits * n_candidates)),
+            "std_fit_time": np.zeros(n_candidates),
         }
+        for name in grid[0]:
+            results[f"param_{name}"] = np.ma.MaskedArray(
+                [p[name] for p in grid], mask=False, dtype=object)
+        results["params"] = grid
         for s in range(n_splits):
             results[f"split{s}_test_score"] = scores[s]
         results.update(mean_test_score=mean, std_test_score=std, rank_test_score=rank)

@@ -5,8 +5,8 @@ One text at a time (texts run in parallel under ``prange``): the text's
 core's L2 cache while the logits, the softmax and the pooled sums (forward) or
 the recomputed weights, ``dA`` and the ``dQ`` update (backward) use them.
 Half-precision activations arrive as their raw 16-bit patterns (numba has no
-float16 type) and are widened to float32 into a per-text scratch buffer, so no
-float32 copy of the data set ever exists.
+float16 type) and are widened to float32 into a per-text scratch buffer
+(:mod:`._half_numba`), so no float32 copy of the data set ever exists.
 
 The products with the activations (logits, pooled sums, ``dA`` and the
 ``dQ`` update) are per-text BLAS calls through numba's ``np.dot``, written
@@ -31,13 +31,14 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ._half_numba import widen
+
 # Reassociation lets LLVM vectorise the reductions; infinities and NaNs keep
 # their IEEE meaning (no "nnan"/"ninf") so that overflowing activations reach
 # the estimators' finiteness checks, and a division by zero gives inf, not a
 # Python ZeroDivisionError (error_model="numpy").
 _OPTS = dict(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"}, nogil=True,
              error_model="numpy")
-_HALF_SCALE = np.float32(2.0**112)
 
 # exp(x) = 2^z * exp(r), z = round(x / ln 2), |r| <= ln(2) / 2: ln 2 in two
 # parts (exact products with z), and Cephes' degree-7 polynomial for expf on
@@ -82,24 +83,6 @@ def _exp_row_impl(v, n, bits):
 
 
 @njit(**_OPTS)
-def _widen(src, dst, L, kind):
-    """float32 values of the first ``L`` rows of 16-bit patterns ``src``."""
-    d = src.shape[1]
-    bits = dst.view(np.uint32)
-    for t in range(L):
-        for j in range(d):
-            h = np.uint32(src[t, j])
-            if kind == 2:
-                bits[t, j] = h << 16
-            else:  # float16: move the exponent, rescale by 2**112 (subnormals too)
-                bits[t, j] = ((h & 0x8000) << 16) | ((h & 0x7FFF) << 13)
-    if kind == 1:
-        for t in range(L):
-            for j in range(d):
-                dst[t, j] *= _HALF_SCALE
-
-
-@njit(**_OPTS)
 def _position_line(L, code):
     """``(p_0, step)``: the position of token ``t`` is ``p_0 + step * t``."""
     if code == 1:
@@ -114,7 +97,7 @@ def _text(xf, xh, i, L, kind, scratch):
     """Text ``i`` as floats: a view of ``xf`` or ``xh`` widened into ``scratch``."""
     if kind == 0:
         return xf[i]
-    _widen(xh[i], scratch, L, kind)
+    widen(xh[i], scratch, L, kind)
     return scratch
 
 

@@ -131,40 +131,40 @@ def attention_pool(x, mask, lengths, query, slope=None, position=None, *,
 
 
 def binary_attention_outputs(x, padding, query, value, slope=None, positions=None):
-    """One logit per model of stacked *binary* attention probes, per token values.
+    """Each head's output of stacked *binary* attention probes, per token values.
 
-    The direct form of the probe: per model ``m`` and head ``h``,
-    ``sum_t a_th (x_t . v_mh)``, with ``a`` the masked softmax of
-    ``x_t . q_h + slope_h p_t`` over the tokens. Query and value columns are one
-    ``(k T, d) @ (d, 2 M H)`` GEMM, and autograd's backward is one more
-    (``x^T @ dS``): 4 passes of ``M H`` columns over the activations against
-    the fused operator's 5 thin ones, at big-GEMM efficiency when ``M H`` is
-    wide (the cross-validation stack). With one output per model (binary
-    problems) the per-token values are no wider than the logits.
+    The direct form of the probe: per head ``h``, ``sum_t a_th (x_t . v_h)``,
+    with ``a`` the masked softmax of ``x_t . q_h + slope_h p_t`` over the
+    tokens (a stacked model's logit is the sum over its heads). Query and
+    value columns are one ``(k T, d) @ (d, 2 H)`` GEMM, and autograd's
+    backward is one more (``x^T @ dS``): 4 passes of ``H`` columns over the
+    activations against the fused operator's 5 thin ones, at big-GEMM
+    efficiency when ``H`` is wide (the cross-validation stack). With one
+    output per model (binary problems) the per-token values are no wider than
+    the logits.
 
     Parameters
     ----------
     x : Tensor (k, T, d)
     padding : Tensor (k, T) of bool, True at padded tokens
-    query : Tensor (d, M * H)
-    value : Tensor (M, H, d)
-    slope, positions : Tensor (M * H,) and (k, T), or None (no position term)
+    query : Tensor (d, H), all heads of all models
+    value : Tensor (H, d)
+    slope, positions : Tensor (H,) and (k, T), or None (no position term)
 
     Returns
     -------
-    Tensor (k, M): the models' logits, bias not added.
+    Tensor (k, H): each head's output.
     """
     k, T, d = x.shape
-    M, H, _ = value.shape
-    MH = M * H
-    weights = torch.cat([query, value.reshape(MH, d).T], dim=1)
-    scores = (x.reshape(k * T, d) @ weights).view(k, T, 2 * MH)
-    logits = scores[..., :MH]
+    H = value.shape[0]
+    weights = torch.cat([query, value.T], dim=1)
+    scores = (x.reshape(k * T, d) @ weights).view(k, T, 2 * H)
+    logits = scores[..., :H]
     if slope is not None:
         logits = torch.addcmul(logits, positions.to(logits.dtype)[..., None], slope)
     logits = logits.masked_fill(padding[..., None], float("-inf"))
     attn = torch.softmax(logits, dim=1)
-    return (attn * scores[..., MH:]).sum(dim=1).view(k, M, H).sum(dim=-1)
+    return (attn * scores[..., H:]).sum(dim=1)
 
 
 def mean_pool(x, lengths):

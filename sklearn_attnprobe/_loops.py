@@ -21,6 +21,7 @@ from torch import nn
 from . import _scratch
 from ._adamw import AdamW
 from ._manual_step import manual_objective
+from ._modules import head_columns
 from ._progress import ProgressReporter
 from ._training import (
     FitResult,
@@ -32,16 +33,10 @@ from ._training import (
 )
 
 # Each parameter of a stacked module: the axis that indexes models, and
-# whether that axis holds n_heads entries per model (query columns, slopes).
-_MODEL_LAYOUT = {"query": (1, True), "slope": (0, True), "value": (0, False),
+# whether that axis holds one entry per head (query columns, slopes, values)
+# or one per model (bias).
+_MODEL_LAYOUT = {"query": (1, True), "slope": (0, True), "value": (0, True),
                  "bias": (0, False)}
-
-
-def _model_rows(models, n_heads, per_head):
-    models = torch.as_tensor(models, dtype=torch.long)
-    if not per_head:
-        return models
-    return (models[:, None] * n_heads + torch.arange(n_heads)[None, :]).reshape(-1)
 
 
 class _StackedModels:
@@ -53,16 +48,22 @@ class _StackedModels:
         self.active = np.arange(self.n_models)  # original index of each working model
         self.final = {name: p.detach().clone() for name, p in module.named_parameters()}
         self.model_split = module.model_split
+        self.head_counts = module.head_counts
 
-    def _index(self, name, models, device):
+    def _index(self, name, models, device, head_counts=None):
+        """``(axis, rows)`` of ``models`` in parameter ``name``: of the working
+        module, or of the full stack with its ``head_counts``."""
         axis, per_head = _MODEL_LAYOUT[name]
-        return axis, _model_rows(models, self.module.n_heads, per_head).to(device)
+        counts = self.module.head_counts if head_counts is None else head_counts
+        rows = (head_columns(counts, models) if per_head
+                else torch.as_tensor(models, dtype=torch.long))
+        return axis, rows.to(device)
 
     def _store(self, local):
         """Copy working models ``local`` into the final parameters."""
         for name, p in self.module.named_parameters():
             axis, src = self._index(name, local, p.device)
-            _, dst = self._index(name, self.active[local], p.device)
+            _, dst = self._index(name, self.active[local], p.device, self.head_counts)
             self.final[name].index_copy_(axis, dst, p.detach().index_select(axis, src))
 
     def shrink(self, keep, optimizer):
@@ -81,6 +82,7 @@ class _StackedModels:
             }
             setattr(self.module, name, new)
         self.module.n_models = len(keep)
+        self.module.head_counts = self.module.head_counts[keep]
         self.active = self.active[keep]
         if self.model_split is not None:
             self.module.model_split = self.model_split[self.active]
@@ -97,6 +99,7 @@ class _StackedModels:
         for name, value in self.final.items():
             setattr(self.module, name, nn.Parameter(value))
         self.module.n_models = self.n_models
+        self.module.head_counts = self.head_counts
         if self.model_split is not None:
             self.module.model_split = self.model_split
 

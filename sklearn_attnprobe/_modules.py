@@ -38,6 +38,31 @@ def init_values(d_model, n_heads, n_outputs, generator, dtype):
     return value.to(dtype)
 
 
+def _head_counts(n_heads, n_models):
+    """``(n_models,)`` heads per model from an int or one count per model."""
+    counts = np.broadcast_to(np.asarray(n_heads, dtype=np.int64), (n_models,)).copy()
+    if counts.min(initial=1) < 1:
+        raise ValueError(f"every model needs at least one head, got {n_heads!r}")
+    return counts
+
+
+def _uniform(head_counts):
+    """The common head count, or None where the models differ."""
+    return int(head_counts[0]) if len(head_counts) and (head_counts == head_counts[0]).all() \
+        else None
+
+
+def head_columns(head_counts, models):
+    """Query columns (value rows) of ``models`` in a stack with ``head_counts``
+    heads per model, model by model."""
+    starts = np.concatenate([[0], np.cumsum(head_counts)])
+    models = np.asarray(models, dtype=np.int64).reshape(-1)
+    counts = np.asarray(head_counts)[models]
+    # each model's first column, repeated over its heads, plus 0, 1, ... within it
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return torch.as_tensor(np.repeat(starts[models], counts) + within)
+
+
 def query_decay(query_weight_decay, weight_decay):
     """The query's L2 coefficient: ``query_weight_decay``, or ``weight_decay``
     where it is None."""
@@ -211,10 +236,12 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
     """``n_models`` independent attention probes over the same activations.
 
     The models fold into the kernel's head axis: every block costs one GEMM
-    against ``n_models * n_heads`` query columns and one batched value
-    projection, so the activations are read once per step for all models.
-    Model ``m`` owns query columns ``m * H : (m + 1) * H``, ``value[m]`` and
-    ``bias[m]``; ``forward`` returns ``(n, n_models, n_outputs)`` logits.
+    against all models' query columns and one batched value projection, so
+    the activations are read once per step for all models. Models may differ
+    in their number of heads (a search over ``n_heads`` trains in the same
+    stack). Model ``m`` owns the query columns, slopes and value rows
+    ``head_columns(head_counts, [m])`` and ``bias[m]``; ``forward`` returns
+    ``(n, n_models, n_outputs)`` logits.
     """
 
     def __init__(self, n_models, d_model, n_heads, n_outputs, position="last",
@@ -222,12 +249,16 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         super().__init__()
         _check_position(position)
         self.position = position
-        self.n_models, self.n_heads = n_models, n_heads
+        self.n_models = n_models
+        self.head_counts = _head_counts(n_heads, n_models)
         generators = generators or [None] * n_models
-        self.query = nn.Parameter(torch.zeros(d_model, n_models * n_heads, dtype=dtype))
-        self.slope = nn.Parameter(torch.zeros(n_models * n_heads, dtype=dtype))
-        self.value = nn.Parameter(torch.stack([
-            init_values(d_model, n_heads, n_outputs, g, dtype) for g in generators
+        n_columns = int(self.head_counts.sum())
+        self.query = nn.Parameter(torch.zeros(d_model, n_columns, dtype=dtype))
+        self.slope = nn.Parameter(torch.zeros(n_columns, dtype=dtype))
+        # (all heads, d, C): each model's rows as a stand-alone probe's values
+        self.value = nn.Parameter(torch.cat([
+            init_values(d_model, int(h), n_outputs, g, dtype)
+            for h, g in zip(self.head_counts, generators)
         ]))
         self.bias = nn.Parameter(torch.zeros(n_models, n_outputs, dtype=dtype))
         self.query_weight_decay = None
@@ -238,13 +269,28 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
     def d_model(self):
         return self.query.shape[0]
 
+    @property
+    def n_heads(self):
+        """Heads per model where all models have the same number, else None."""
+        return _uniform(self.head_counts)
+
+    def _sum_heads(self, per_head):
+        """``(k, n_columns, ...)`` per-head terms -> ``(k, n_models, ...)`` sums."""
+        H = self.n_heads
+        if H is not None:
+            return per_head.reshape(per_head.shape[0], -1, H, *per_head.shape[2:]).sum(2)
+        owner = torch.as_tensor(np.repeat(np.arange(len(self.head_counts)),
+                                          self.head_counts), device=per_head.device)
+        out = per_head.new_zeros(per_head.shape[0], len(self.head_counts),
+                                 *per_head.shape[2:])
+        return out.index_add(1, owner, per_head)
+
     def penalty(self, weight_decay):
         """``(n_models,)``: model ``m``'s penalty as in
         :meth:`AttentionProbeModule.penalty`, ``weight_decay`` a scalar or
         one value per model."""
-        d = self.d_model
-        sq_query = (self.query.view(d, self.n_models, self.n_heads) ** 2).sum(dim=(0, 2))
-        sq_value = (self.value**2).sum(dim=(1, 2, 3))
+        per_head = torch.stack([(self.query**2).sum(0), (self.value**2).sum(dim=(1, 2))])
+        sq_query, sq_value = self._sum_heads(per_head)
         return _penalty(self.query_weight_decay, weight_decay, sq_query, sq_value)
 
     def _direct(self, block):
@@ -253,28 +299,33 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         product inside (:func:`._fused.fused_head_logits`), 20 CV steps on 800
         study texts at d 576 (float32): 20 heads 3.3 s direct / 2.6 s fused,
         40 heads 4.9 / 5.2, 80 heads 7.6 / 7.6, 160 heads 13.8 / 15.0."""
-        M, H, _, C = self.value.shape
-        return (C == 1 and M * H >= DIRECT_MIN_HEADS and block.x.device.type == "cpu"
+        C = self.value.shape[-1]
+        return (C == 1 and self.query.shape[1] >= DIRECT_MIN_HEADS
+                and block.x.device.type == "cpu"
                 and block.x.dtype in (torch.float32, torch.float64))
 
     def _block_logits(self, block):
         """``(k, M, C)`` logits of one block from this module's parameters."""
-        M, H, d, C = self.value.shape
+        _, d, C = self.value.shape
         if self._direct(block):
             query, slope, positions = self._kernel_args(block)
-            logits = binary_attention_outputs(
+            heads = binary_attention_outputs(
                 block.x, block.padding(), query, self.value[..., 0].to(block.x.dtype),
                 slope, positions)
-            return logits[..., None].to(self.value.dtype)
+            return self._sum_heads(heads)[..., None].to(self.value.dtype)
         slope = self.slope if self.position is not None else None
         heads = fused_head_logits(block.x, block.lengths, self.query, slope,
-                                  self.value.reshape(M * H, d, C), self.position)
-        if heads is not None:  # (k, M * H, C), the CPU kernels
-            return heads.reshape(len(block), M, H, C).sum(2).to(self.value.dtype)
-        pooled = self._pooled(block)  # (k, M * H, d)
-        per_model = pooled.reshape(len(block), M, H * d).transpose(0, 1)
-        value = self.value.reshape(M, H * d, C)
-        return thin_matmul(per_model.to(value.dtype), value).transpose(0, 1)
+                                  self.value, self.position)
+        if heads is None:  # no CPU kernel: pooled states, then the values
+            pooled = self._pooled(block)  # (k, MH, d)
+            H = self.n_heads
+            if H is not None:  # one (H d) x C product per model
+                per_model = pooled.reshape(len(block), -1, H * d).transpose(0, 1)
+                value = self.value.reshape(-1, H * d, C)
+                return thin_matmul(per_model.to(value.dtype), value).transpose(0, 1)
+            heads = torch.bmm(pooled.transpose(0, 1).to(self.value.dtype),
+                              self.value).transpose(0, 1)
+        return self._sum_heads(heads).to(self.value.dtype)
 
     def _live_models(self, block):
         """Models that weigh some text of ``block`` (None: all of them).
@@ -291,7 +342,7 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         return None if len(live) == len(splits) else live
 
     def forward(self, batch):
-        M, C = self.value.shape[0], self.value.shape[-1]
+        M, C = len(self.head_counts), self.value.shape[-1]
         outs = []
         for block in batch.blocks:
             live = self._live_models(block)
@@ -302,7 +353,7 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
             out = self.value.new_zeros(len(block), M, C)
             if len(live):
                 idx = torch.as_tensor(live, device=self.value.device)
-                part = _ModelSubset(self, idx)._block_logits(block)
+                part = _ModelSubset(self, live)._block_logits(block)
                 out = out.index_copy(1, idx, part.to(out.dtype))
             outs.append(out)
         return torch.cat(outs) + self.bias
@@ -316,13 +367,17 @@ class _ModelSubset(_AttentionPooling):
     _block_logits = StackedAttentionProbeModule._block_logits
 
     def __init__(self, stack, models):
-        H = stack.n_heads
-        cols = (models[:, None] * H + torch.arange(H, device=models.device)).reshape(-1)
+        # ``models`` a numpy array: the columns are built on the host and
+        # sent once (no device-to-host copy on GPU)
+        cols = head_columns(stack.head_counts, models).to(stack.query.device)
         self.query = stack.query.index_select(1, cols)
         self.slope = stack.slope.index_select(0, cols)
-        self.value = stack.value.index_select(0, models)
+        self.value = stack.value.index_select(0, cols)
         self.position = stack.position
-        self.n_heads = H
+        self.head_counts = stack.head_counts[models]
+
+    n_heads = StackedAttentionProbeModule.n_heads
+    _sum_heads = StackedAttentionProbeModule._sum_heads
 
 
 class LinearProbeModule(nn.Module):

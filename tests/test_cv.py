@@ -187,3 +187,44 @@ def test_packing_by_idle_splits():
     # minibatch sub-blocks keep the mark
     sub = batch.blocks[0].select(torch.tensor([0]))
     assert sub.idle_splits == batch.blocks[0].idle_splits
+
+
+# binary: 2 x 4 x (1 + 3) = 32 heads take the direct path; 3 classes: the fused one
+@pytest.mark.parametrize("n_classes, max_iter", [(2, 60), (3, 400)])
+def test_head_count_search_is_grid_search_over_both(n_classes, max_iter):
+    # one stacked pass over (n_heads, weight_decay) gives GridSearchCV's scores,
+    # choice and refit over the same grid (max_iter=400: the models stop on
+    # their own, at different steps, and leave the stack)
+    X, y = make_planted_task("needle", n_texts=120, d_model=10, n_classes=n_classes,
+                             dtype=np.float64, random_state=2, return_ragged=True)
+    params = dict(max_iter=max_iter, random_state=0)
+    grid = {"n_heads": [1, 3], "weight_decay": GRID}
+    gs = GridSearchCV(AttentionProbeClassifier(**params), grid, cv=2).fit(X, y)
+    cv = AttentionProbeClassifierCV(n_heads=[1, 3], weight_decays=GRID, cv=2,
+                                    **params).fit(X, y)
+    assert cv.cv_results_["params"] == gs.cv_results_["params"]
+    np.testing.assert_array_equal(np.asarray(cv.cv_results_["param_n_heads"]),
+                                  np.asarray(gs.cv_results_["param_n_heads"]))
+    for k in range(2):
+        np.testing.assert_allclose(cv.cv_results_[f"split{k}_test_score"],
+                                   gs.cv_results_[f"split{k}_test_score"])
+    assert cv.best_params_ == gs.best_params_
+    assert cv.best_estimator_.n_heads == gs.best_params_["n_heads"]
+    np.testing.assert_allclose(cv.predict_proba(X), gs.predict_proba(X), atol=1e-10)
+    assert cv.n_iter_.shape == (2, 8)
+    if max_iter == 400:
+        assert len(np.unique(cv.n_iter_)) > 4  # models left the stack one by one
+    # each head count's models are those of its own search, step for step
+    for j, h in enumerate([1, 3]):
+        alone = AttentionProbeClassifierCV(n_heads=h, weight_decays=GRID, cv=2,
+                                           **params).fit(X, y)
+        np.testing.assert_array_equal(alone.n_iter_, cv.n_iter_[:, 4 * j:4 * (j + 1)])
+        np.testing.assert_allclose(alone.cv_results_["mean_test_score"],
+                                   cv.cv_results_["mean_test_score"][4 * j:4 * (j + 1)])
+
+
+@pytest.mark.parametrize("n_heads", [[], [0, 2], [1.5], ["two"], [[1, 2]]])
+def test_bad_head_count_lists(data, n_heads):
+    X, y = data
+    with pytest.raises((ValueError, TypeError), match="n_heads"):
+        AttentionProbeClassifierCV(n_heads=n_heads, cv=2, max_iter=5).fit(X, y)

@@ -411,3 +411,26 @@ def test_vectorised_exp_matches_libm():
     # precision; numpy's own exp differs from libm's by an ulp here and there)
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(exp_rows(x64), np.exp(x64), rtol=1e-15)
+
+
+@needs_numba
+@pytest.mark.parametrize("way", ["native", "bits"])
+def test_half_widening_is_exact(way):
+    # every float16 pattern, and bfloat16 patterns, widened as numpy does
+    from sklearn_attnprobe import _half_numba
+
+    if way == "native" and not _half_numba.NATIVE_HALF:
+        pytest.skip("no hardware float16 conversion on this CPU")
+    widen = getattr(_half_numba, f"widen_{way}")
+    patterns = np.arange(2**16, dtype=np.uint32).astype(np.uint16).reshape(256, 256)
+    out = np.full((256, 256), -1.0, np.float32)
+    widen(patterns, out, 200, 1)
+    expected = patterns.view(np.float16).astype(np.float32)
+    finite = np.isfinite(expected[:200])
+    np.testing.assert_array_equal(out[:200][finite], expected[:200][finite])
+    if way == "native":  # infinities and NaNs too
+        np.testing.assert_array_equal(out[:200], expected[:200])
+    assert (out[200:] == -1.0).all()  # rows past L untouched
+    widen(patterns, out, 256, 2)
+    bf16 = (patterns.astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(out, bf16)

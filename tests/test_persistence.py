@@ -41,6 +41,8 @@ def _probes():
         LastTokenProbeClassifier(weight_decay=1e-2),
         AttentionProbeClassifierCV(n_heads=1, cv=2, weight_decays=(0.0, 0.1), max_iter=20,
                                    random_state=0),
+        AttentionProbeClassifierCV(n_heads=[1, 2], cv=2, weight_decays=(0.0, 0.1),
+                                   max_iter=20, random_state=0),
         MeanProbeClassifierCV(cv=2, weight_decays=(1e-3, 1e-1)),
         LastTokenProbeClassifierCV(cv=2, weight_decays=(1e-3, 1e-1)),
     ]

@@ -53,3 +53,18 @@ def test_unknown_candidate_is_refused():
     with pytest.raises(ValueError, match="unknown candidate"):
         with candidates.candidate("bigger-model"):
             pass
+
+
+def test_mean_init_in_a_stack_of_mixed_head_counts():
+    from sklearn_attnprobe._modules import StackedAttentionProbeModule
+
+    rng = np.random.default_rng(0)
+    W, b = rng.normal(size=(6, 3)), rng.normal(size=3)
+    with candidates.candidate("mean-init", (W, b)):
+        stack = StackedAttentionProbeModule(3, 6, [1, 2, 4], 3, dtype=torch.float64)
+    value = stack.value.detach()
+    # each model's heads sum to the mean probe's weights (uniform attention at step 0)
+    for rows in ([0], [1, 2], [3, 4, 5, 6]):
+        np.testing.assert_allclose(value[rows].sum(0).numpy(), W, atol=1e-12)
+    assert not torch.allclose(value[1], value[2])
+    np.testing.assert_allclose(stack.bias.detach().numpy(), np.tile(b, (3, 1)))

@@ -19,7 +19,8 @@ study = pytest.importorskip("benchmarks.study.protocol",
 from benchmarks.study.figures import head_to_head, markdown_tables  # noqa: E402
 from benchmarks.study.protocol import Config, run_config, run_configs  # noqa: E402
 
-METHODS = ("mean", "last", "attn-1", "mean-adamw")
+# attn-1 and attn-2 run as one job (one stacked search over both head counts)
+METHODS = ("mean", "last", "attn-1", "mean-adamw", "attn-2")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,9 @@ def test_run_configs_keeps_order_and_matches_serial(planted):
     assert [r["method"] for r in parallel] == list(METHODS)
     serial = [run_config(c) for c in configs]
     assert [_key(r) for r in parallel] == [_key(r) for r in serial]
+    for a, b in zip(parallel, serial):
+        assert a["_pred"] == b["_pred"]
+        assert a["fit_seconds"] > 0
 
 
 def test_dask_local_cluster_gives_the_same_results(planted):

@@ -217,7 +217,7 @@ def test_penalty_terms_follow_query_weight_decay():
             one = AttentionProbeModule(6, 3, 2, dtype=torch.float64)
             with torch.no_grad():
                 one.query.copy_(stack.query[:, 3 * m:3 * (m + 1)])
-                one.value.copy_(stack.value[m])
+                one.value.copy_(stack.value[3 * m:3 * (m + 1)])
             one.query_weight_decay = qwd
             assert float(per_model[m]) == pytest.approx(float(one.penalty(decays[m])))
 
@@ -247,3 +247,55 @@ def test_query_weight_decay_on_the_skorch_path_matches_the_plain_loop(needle):
     # the penalty did act: without it the loss curve differs
     free = AttentionProbeClassifier(**{**params, "query_weight_decay": 0.0}).fit(X, y)
     assert (free.module_.query ** 2).sum() > (plain.module_.query ** 2).sum()
+
+
+@pytest.mark.parametrize("counts, n_outputs, fused", [
+    ([1, 3, 2], 4, True),     # the fused kernels' per-head logits
+    ([1, 3, 2], 4, False),    # the reference pooling, then per-head values
+    ([8, 16, 9], 1, True),    # binary, 33 heads: the direct per-token values
+])
+def test_stack_of_mixed_head_counts_is_its_models(monkeypatch, counts, n_outputs, fused):
+    # a stack whose models have different head counts: each model's logits,
+    # gradients and penalty are those of a stand-alone probe with its parameters
+    from sklearn_attnprobe import _fused
+    from sklearn_attnprobe._modules import AttentionProbeModule, StackedAttentionProbeModule
+    from sklearn_attnprobe._packing import pack
+    from sklearn_attnprobe._ragged import RaggedArray
+
+    if not fused:
+        monkeypatch.setattr(_fused, "_loaded", {"numba": None, "triton": None})
+    rng = np.random.default_rng(5)
+    X = RaggedArray.from_list([rng.standard_normal((int(L), 6)) for L in
+                               rng.integers(1, 20, size=17)])
+    batch = pack(X, torch.float64, "cpu")
+    stack = StackedAttentionProbeModule(
+        len(counts), 6, counts, n_outputs, dtype=torch.float64,
+        generators=[torch.Generator().manual_seed(i) for i in range(len(counts))])
+    assert stack.n_heads is None and stack.query.shape == (6, sum(counts))
+    with torch.no_grad():
+        stack.query.normal_(0, 0.7, generator=torch.Generator().manual_seed(9))
+        stack.slope.uniform_(-0.3, 0.3)
+        stack.bias.normal_()
+    probe = torch.linspace(-1, 1, len(X) * len(counts) * n_outputs, dtype=torch.float64)
+    out = stack(batch)
+    (out * probe.view_as(out)).sum().backward()
+    start = 0
+    for m, h in enumerate(counts):
+        cols = slice(start, start + h)
+        one = AttentionProbeModule(6, h, n_outputs, dtype=torch.float64)
+        with torch.no_grad():
+            one.query.copy_(stack.query[:, cols])
+            one.slope.copy_(stack.slope[cols])
+            one.value.copy_(stack.value[cols])
+            one.bias.copy_(stack.bias[m])
+        alone = one(batch)
+        torch.testing.assert_close(out[:, m], alone, rtol=1e-10, atol=1e-12)
+        (alone * probe.view_as(out)[:, m]).sum().backward()
+        torch.testing.assert_close(stack.query.grad[:, cols], one.query.grad)
+        torch.testing.assert_close(stack.slope.grad[cols], one.slope.grad)
+        torch.testing.assert_close(stack.value.grad[cols], one.value.grad)
+        decay = torch.tensor(0.1 * (m + 1), dtype=torch.float64)
+        assert float(stack.penalty(torch.full((len(counts),), 0.1 * (m + 1),
+                                              dtype=torch.float64))[m]) == \
+            pytest.approx(float(one.penalty(decay)))
+        start += h

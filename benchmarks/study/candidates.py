@@ -77,10 +77,12 @@ def candidate(name, mean_probe=None):
                     module.query.copy_(q / np.sqrt(module.query.shape[0]))
                     return
                 W, b = (torch.as_tensor(a, dtype=torch.float64) for a in mean_probe)
-                value = module.value.detach().double()  # (..., H, d, C)
-                H = value.shape[-3]
-                noise = value - value.mean(dim=-3, keepdim=True)
-                module.value.copy_(W / H + noise)
+                value = module.value.detach().double()  # (heads, d, C)
+                # a stack's rows are its models' heads, model after model
+                counts = getattr(module, "head_counts", [value.shape[0]])
+                module.value.copy_(torch.cat([
+                    W / len(v) + (v - v.mean(dim=0, keepdim=True))
+                    for v in value.split([int(h) for h in counts])]))
                 module.bias.copy_(b.expand_as(module.bias))
 
         for cls in (_modules.AttentionProbeModule, _modules.StackedAttentionProbeModule):

@@ -95,8 +95,8 @@ def _write_reports(probe, X_test, config):
     report.save_html(stem.with_suffix(".html"))
 
 
-def run_config(config):
-    """Fit one configuration; a dict of its results (one CSV row)."""
+def _load(config):
+    """``(X_train, X_test, y_train, y_test)`` of a configuration, memory-mapped."""
     import torch
 
     from sklearn_attnprobe import RaggedArray
@@ -104,24 +104,79 @@ def run_config(config):
     # one thread per worker: the jobs themselves are the parallelism
     torch.set_num_threads(1)
     X = RaggedArray.load(config.data_path, mmap_mode="r")
-    X_train, X_test = X[config.train], X[config.test]
-    y_train, y_test = config.y[config.train], config.y[config.test]
+    return (X[config.train], X[config.test], config.y[config.train],
+            config.y[config.test])
+
+
+def run_config(config):
+    """Fit one configuration; a dict of its results (one CSV row)."""
+    X_train, X_test, y_train, y_test = _load(config)
     search = make_search(config.method, seed=config.seed, max_iter=config.max_iter,
                          device=config.device)
     start = time.perf_counter()
     search.fit(X_train, y_train)
     seconds = time.perf_counter() - start
-    best = search.best_estimator_
+    return _result_row(config, search.best_estimator_, search.best_params_["weight_decay"],
+                       search.best_score_, seconds, X_test, y_test, len(y_train))
+
+
+def run_attention_configs(configs):
+    """Fit the attention configurations of one (task, layer) together: one
+    cross-validated pass over every (head count, weight decay) pair (the
+    models of all head counts share one stacked step), then, per head count,
+    the refit of its best weight decay, as its own search would have chosen
+    and refitted it. One row per configuration, in order.
+
+    A row's ``fit_seconds`` is its refit plus the share of the shared pass
+    its models took: their steps times heads over all models' steps times
+    heads."""
+    from sklearn_attnprobe import AttentionProbeClassifier
+
+    config = configs[0]
+    X_train, X_test, y_train, y_test = _load(config)
+    heads = [_heads(c.method) for c in configs]
+    search = make_search(config.method, seed=config.seed, max_iter=config.max_iter,
+                         device=config.device)
+    search.set_params(n_heads=heads, refit=False)
+    start = time.perf_counter()
+    search.fit(X_train, y_train)
+    shared = time.perf_counter() - start
+    res = search.cv_results_
+    n_heads = np.asarray(res["param_n_heads"], dtype=int)
+    mean = np.round(res["mean_test_score"], 12)
+    work = (search.n_iter_ * n_heads).sum(axis=0)  # steps x heads per candidate
+    params = {k: v for k, v in search.get_params().items()
+              if k in AttentionProbeClassifier._get_param_names()}
+    rows = []
+    for c, h in zip(configs, heads):
+        mine = np.flatnonzero(n_heads == h)
+        best = mine[np.argmax(mean[mine])]  # GridSearchCV's rank 1: first of the best
+        wd = res["params"][best]["weight_decay"]
+        start = time.perf_counter()
+        probe = AttentionProbeClassifier(**{**params, "n_heads": h, "weight_decay": wd})
+        probe.fit(X_train, y_train)
+        seconds = time.perf_counter() - start + shared * work[mine].sum() / work.sum()
+        rows.append(_result_row(c, probe, wd, float(res["mean_test_score"][best]), seconds,
+                                X_test, y_test, len(y_train)))
+    return rows
+
+
+def _heads(method):
+    return int(method.split("-")[1])
+
+
+def _result_row(config, best, weight_decay, cv_score, seconds, X_test, y_test, n_train):
+    """The CSV row of a fitted configuration (with its per-text lists)."""
     pred = np.asarray(best.predict(X_test))  # accuracy and the paired bootstrap
     row = {
         "task": config.task,
         "n_classes": config.n_classes,
         "layer": config.layer,
         "method": config.method,
-        "n_train": len(y_train),
+        "n_train": n_train,
         "n_test": len(y_test),
-        "best_weight_decay": float(search.best_params_["weight_decay"]),
-        "cv_accuracy": float(search.best_score_),
+        "best_weight_decay": float(weight_decay),
+        "cv_accuracy": float(cv_score),
         "test_accuracy": float(np.mean(pred == y_test)),
         "entropy_ratio": float("nan"),
         "fit_seconds": seconds,
@@ -146,6 +201,29 @@ def run_config(config):
     return row
 
 
+def _jobs(configs):
+    """Index groups, one per job: the attention methods of a (task, layer)
+    together (:func:`run_attention_configs`), every other configuration alone."""
+    groups = {}
+    for i, c in enumerate(configs):
+        key = i
+        if c.method.startswith("attn-"):
+            # everything the shared search depends on (one split object per task)
+            key = (c.data_path, c.task, c.layer, c.seed, c.max_iter, c.device, id(c.train),
+                   id(c.test))
+            if any(configs[j].method == c.method for j in groups.get(key, [])):
+                key = (key, i)  # a repeated method runs on its own
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _run_job(indices, group):
+    """``[(index, row)]`` for the configurations ``group`` (at ``indices``)."""
+    if group[0].method.startswith("attn-"):
+        return list(zip(indices, run_attention_configs(group)))
+    return [(indices[0], run_config(group[0]))]
+
+
 def run_configs(configs, n_jobs=2, progress=True):
     """Run ``configs`` with joblib under whatever backend is active.
 
@@ -156,28 +234,27 @@ def run_configs(configs, n_jobs=2, progress=True):
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    order = sorted(range(len(configs)), key=lambda i: -configs[i].cost)
-    jobs = (delayed(_indexed)(i, configs[i]) for i in order)
+    jobs = _jobs(configs)
+    cost = [sum(configs[i].cost for i in job) for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda j: -cost[j])
+    # each job receives its own configurations only (a few hundred bytes each)
+    tasks = (delayed(_run_job)(jobs[j], [configs[i] for i in jobs[j]]) for j in order)
     out = [None] * len(configs)
     # a bar over the jobs as they finish, weighted by their expected cost so
     # that its ETA means something when the long jobs go first
-    total = sum(c.cost for c in configs)
-    with tqdm(total=total, desc="study jobs", unit="", bar_format=_BAR,
+    with tqdm(total=sum(cost), desc="study jobs", unit="", bar_format=_BAR,
               disable=not progress) as bar:
-        for i, row in _unordered(Parallel, n_jobs, jobs):
-            out[i] = row
-            bar.update(configs[i].cost)
+        for done in _unordered(Parallel, n_jobs, tasks):
+            for i, row in done:
+                out[i] = row
+                bar.update(configs[i].cost)
+            c = configs[done[-1][0]]
             bar.set_postfix_str(f"{sum(r is not None for r in out)}/{len(out)} done, "
-                                f"last {configs[i].task} L{configs[i].layer} "
-                                f"{configs[i].method}", refresh=True)
+                                f"last {c.task} L{c.layer} {c.method}", refresh=True)
     return out
 
 
 _BAR = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
-
-
-def _indexed(i, config):
-    return i, run_config(config)
 
 
 def _unordered(parallel, n_jobs, jobs):
