@@ -6,6 +6,7 @@ activations, and the whole command end to end on a tiny random model.
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,13 @@ from sklearn_attnprobe.datasets import make_planted_task
 study = pytest.importorskip("benchmarks.study.protocol",
                             reason="run the tests from the repository root")
 from benchmarks.study.figures import head_to_head, markdown_tables  # noqa: E402
-from benchmarks.study.protocol import Config, run_config, run_configs  # noqa: E402
+from benchmarks.study.protocol import (  # noqa: E402
+    Config,
+    _jobs,
+    run_attention_configs,
+    run_config,
+    run_configs,
+)
 
 # attn-1 and attn-2 run as one job (one stacked search over both head counts)
 METHODS = ("mean", "last", "attn-1", "mean-adamw", "attn-2")
@@ -83,9 +90,31 @@ def test_run_configs_keeps_order_and_matches_serial(planted):
     assert [r["method"] for r in parallel] == list(METHODS)
     serial = [run_config(c) for c in configs]
     assert [_key(r) for r in parallel] == [_key(r) for r in serial]
-    for a, b in zip(parallel, serial):
+
+
+def test_attention_methods_in_one_search_match_their_own_searches(planted):
+    # one search over n_heads=[1, 2] and a refit per head count: each row is
+    # the one its own search would give (choice, CV score, test predictions)
+    _, _, configs = planted
+    attention = [c for c in configs if c.method.startswith("attn-")]
+    together = run_attention_configs(attention)
+    alone = [run_config(c) for c in attention]
+    assert [_key(r) for r in together] == [_key(r) for r in alone]
+    for a, b in zip(together, alone):
         assert a["_pred"] == b["_pred"]
-        assert a["fit_seconds"] > 0
+        assert a["fit_seconds"] > 0 and a["entropy_ratio"] == pytest.approx(b["entropy_ratio"])
+
+
+def test_attention_jobs_are_grouped_only_with_work_for_every_worker(planted):
+    _, _, configs = planted
+    twice = configs + [replace(c, layer=1) for c in configs]  # two (task, layer) pairs
+    attention = [i for i, c in enumerate(twice) if c.method.startswith("attn-")]
+    grouped = _jobs(twice, n_workers=1)
+    assert sorted(len(j) for j in grouped if len(j) > 1) == [2, 2]
+    assert sorted(i for j in grouped if len(j) > 1 for i in j) == attention
+    assert sorted(i for j in grouped for i in j) == list(range(len(twice)))
+    # two groups cannot keep two workers busy twice over: one job per config
+    assert _jobs(twice, n_workers=2) == [[i] for i in range(len(twice))]
 
 
 def test_dask_local_cluster_gives_the_same_results(planted):
