@@ -431,6 +431,11 @@ def test_half_widening_is_exact(way):
     if way == "native":  # infinities and NaNs too
         np.testing.assert_array_equal(out[:200], expected[:200])
     assert (out[200:] == -1.0).all()  # rows past L untouched
+    widen(patterns, out, 256, 1)  # all 65,536 patterns
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(out[finite], expected[finite])
+    if way == "native":
+        np.testing.assert_array_equal(out, expected)
     widen(patterns, out, 256, 2)
     bf16 = (patterns.astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(out, bf16)
