@@ -77,18 +77,16 @@ def separate(X, y):
 
 
 def one_search(X, y):
+    from benchmarks.study.protocol import best_by_head_count
     from sklearn_attnprobe import AttentionProbeClassifier, AttentionProbeClassifierCV
 
     start = time.perf_counter()
     cv = AttentionProbeClassifierCV(n_heads=list(HEADS), weight_decays=WEIGHT_DECAYS, cv=5,
                                     max_iter=500, random_state=0, refit=False).fit(X, y)
-    res = cv.cv_results_
-    heads = np.asarray(res["param_n_heads"], dtype=int)
-    mean = np.round(res["mean_test_score"], 12)
+    best = best_by_head_count(cv.cv_results_)
     chosen = []
     for h in HEADS:
-        mine = np.flatnonzero(heads == h)
-        wd = res["params"][mine[np.argmax(mean[mine])]]["weight_decay"]
+        wd = cv.cv_results_["params"][best[h]]["weight_decay"]
         AttentionProbeClassifier(n_heads=h, weight_decay=wd, max_iter=500,
                                  random_state=0).fit(X, y)
         chosen.append(wd)

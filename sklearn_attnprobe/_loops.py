@@ -81,8 +81,7 @@ class _StackedModels:
                 for k, v in state.items()
             }
             setattr(self.module, name, new)
-        self.module.n_models = len(keep)
-        self.module.head_counts = self.module.head_counts[keep]
+        self.module.head_counts = self.module.head_counts[keep]  # n_models follows
         self.active = self.active[keep]
         if self.model_split is not None:
             self.module.model_split = self.model_split[self.active]
@@ -98,7 +97,6 @@ class _StackedModels:
         self._store(np.arange(len(self.active)))
         for name, value in self.final.items():
             setattr(self.module, name, nn.Parameter(value))
-        self.module.n_models = self.n_models
         self.module.head_counts = self.head_counts
         if self.model_split is not None:
             self.module.model_split = self.model_split

@@ -249,7 +249,6 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         super().__init__()
         _check_position(position)
         self.position = position
-        self.n_models = n_models
         self.head_counts = _head_counts(n_heads, n_models)
         generators = generators or [None] * n_models
         n_columns = int(self.head_counts.sum())
@@ -268,6 +267,11 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
     @property
     def d_model(self):
         return self.query.shape[0]
+
+    @property
+    def n_models(self):
+        """Models in the stack (fewer while finished ones are set aside)."""
+        return len(self.head_counts)
 
     @property
     def n_heads(self):
@@ -342,7 +346,7 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         return None if len(live) == len(splits) else live
 
     def forward(self, batch):
-        M, C = len(self.head_counts), self.value.shape[-1]
+        M, C = self.n_models, self.value.shape[-1]
         outs = []
         for block in batch.blocks:
             live = self._live_models(block)

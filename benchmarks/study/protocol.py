@@ -144,14 +144,14 @@ def run_attention_configs(configs):
     shared = time.perf_counter() - start
     res = search.cv_results_
     n_heads = np.asarray(res["param_n_heads"], dtype=int)
-    mean = np.round(res["mean_test_score"], 12)
     work = (search.n_iter_ * n_heads).sum(axis=0)  # steps x heads per candidate
     params = {k: v for k, v in search.get_params().items()
               if k in AttentionProbeClassifier._get_param_names()}
+    best_of = best_by_head_count(res)
     rows = []
     for c, h in zip(configs, heads):
         mine = np.flatnonzero(n_heads == h)
-        best = mine[np.argmax(mean[mine])]  # GridSearchCV's rank 1: first of the best
+        best = best_of[h]
         wd = res["params"][best]["weight_decay"]
         start = time.perf_counter()
         probe = AttentionProbeClassifier(**{**params, "n_heads": h, "weight_decay": wd})
@@ -160,6 +160,20 @@ def run_attention_configs(configs):
         rows.append(_result_row(c, probe, wd, float(res["mean_test_score"][best]), seconds,
                                 X_test, y_test, len(y_train)))
     return rows
+
+
+def best_by_head_count(cv_results):
+    """``{head count: index of its best candidate}`` in a search over
+    ``n_heads``: within each head count, GridSearchCV's rank 1 (the first of
+    the best mean scores, rounded to 12 digits), the choice that head count's
+    own search would make."""
+    n_heads = np.asarray(cv_results["param_n_heads"], dtype=int)
+    mean = np.round(cv_results["mean_test_score"], 12)
+    best = {}
+    for h in dict.fromkeys(n_heads.tolist()):
+        mine = np.flatnonzero(n_heads == h)
+        best[h] = int(mine[np.argmax(mean[mine])])
+    return best
 
 
 def _heads(method):
