@@ -68,3 +68,25 @@ def test_mean_init_in_a_stack_of_mixed_head_counts():
         np.testing.assert_allclose(value[rows].sum(0).numpy(), W, atol=1e-12)
     assert not torch.allclose(value[1], value[2])
     np.testing.assert_allclose(stack.bias.detach().numpy(), np.tile(b, (3, 1)))
+
+
+def test_planted_jobs_cover_the_d128_tasks_of_choose_defaults():
+    from benchmarks.study.candidates import planted_jobs
+
+    jobs = planted_jobs()
+    tasks = {(j["task"], j["n_classes"]) for j in jobs}
+    assert tasks == {("shift", 2), ("shift", 8), ("needle", 2), ("last", 2)}
+    assert len(jobs) == len(tasks) * 2 * 2  # 1 and 8 heads, two candidates
+
+
+def test_defaults_table_has_a_column_per_task(tmp_path):
+    from benchmarks.choose_defaults import TASKS, write_table
+
+    rows = [dict(label=label, setting="wd 0", params={"n_heads": 1}, test_accuracy=0.5 + k / 100,
+                 fit_s=1.0) for k, (label, *_) in enumerate(TASKS)]
+    write_table(rows, str(tmp_path))
+    lines = (tmp_path / "defaults.md").read_text().splitlines()
+    header, row = lines[2], lines[4]
+    assert [c.strip() for c in header.strip("|").split("|")][2:] == [t[0] for t in TASKS]
+    assert [c.strip() for c in row.strip("|").split("|")][2:] == [
+        f"{0.5 + k / 100:.3f} (1.0 s)" for k in range(len(TASKS))]
