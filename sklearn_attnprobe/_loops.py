@@ -21,7 +21,7 @@ from torch import nn
 from . import _scratch
 from ._adamw import AdamW
 from ._manual_step import manual_objective
-from ._modules import head_columns
+from ._head_layout import head_columns
 from ._progress import ProgressReporter
 from ._training import (
     FitResult,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ._fused import backend_for, fused_attention_pool, fused_head_logits
+from ._head_layout import _head_counts, _uniform, head_columns, sum_heads
 from ._numerics import HALF_DTYPES
 from ._packing import Block
 from ._kernels import (
@@ -36,31 +37,6 @@ def init_values(d_model, n_heads, n_outputs, generator, dtype):
     value = torch.rand(n_heads, d_model, n_outputs, generator=generator,
                        dtype=torch.float64) * (2 * bound) - bound
     return value.to(dtype)
-
-
-def _head_counts(n_heads, n_models):
-    """``(n_models,)`` heads per model from an int or one count per model."""
-    counts = np.broadcast_to(np.asarray(n_heads, dtype=np.int64), (n_models,)).copy()
-    if counts.min(initial=1) < 1:
-        raise ValueError(f"every model needs at least one head, got {n_heads!r}")
-    return counts
-
-
-def _uniform(head_counts):
-    """The common head count, or None where the models differ."""
-    return int(head_counts[0]) if len(head_counts) and (head_counts == head_counts[0]).all() \
-        else None
-
-
-def head_columns(head_counts, models):
-    """Query columns (value rows) of ``models`` in a stack with ``head_counts``
-    heads per model, model by model."""
-    starts = np.concatenate([[0], np.cumsum(head_counts)])
-    models = np.asarray(models, dtype=np.int64).reshape(-1)
-    counts = np.asarray(head_counts)[models]
-    # each model's first column, repeated over its heads, plus 0, 1, ... within it
-    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return torch.as_tensor(np.repeat(starts[models], counts) + within)
 
 
 def query_decay(query_weight_decay, weight_decay):
@@ -283,11 +259,7 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         H = self.n_heads
         if H is not None:
             return per_head.reshape(per_head.shape[0], -1, H, *per_head.shape[2:]).sum(2)
-        owner = torch.as_tensor(np.repeat(np.arange(len(self.head_counts)),
-                                          self.head_counts), device=per_head.device)
-        out = per_head.new_zeros(per_head.shape[0], len(self.head_counts),
-                                 *per_head.shape[2:])
-        return out.index_add(1, owner, per_head)
+        return sum_heads(per_head, self.head_counts)
 
     def penalty(self, weight_decay):
         """``(n_models,)``: model ``m``'s penalty as in

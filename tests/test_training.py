@@ -249,6 +249,36 @@ def test_query_weight_decay_on_the_skorch_path_matches_the_plain_loop(needle):
     assert (free.module_.query ** 2).sum() > (plain.module_.query ** 2).sum()
 
 
+@pytest.mark.parametrize("trailing", [(), (4,)])
+def test_head_sums_by_matmul_are_the_index_add_sums(trailing):
+    # the GPU's path (a 0/1 matrix product, deterministic there) gives the CPU's
+    # index_add sums and gradients; off the CPU it is the one taken
+    from sklearn_attnprobe._head_layout import sum_heads
+
+    counts = np.array([1, 3, 2, 8])
+    per_head = torch.randn(5, counts.sum(), *trailing, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(0), requires_grad=True)
+    weights = torch.randn(5, len(counts), *trailing, dtype=torch.float64)
+    sums, grads = [], []
+    for by_matmul in (False, True):
+        out = sum_heads(per_head, counts, by_matmul=by_matmul)
+        (grad,) = torch.autograd.grad((out * weights).sum(), per_head)
+        sums.append(out)
+        grads.append(grad)
+    torch.testing.assert_close(sums[1], sums[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+    expect = torch.stack([per_head[:, a:b].sum(1) for a, b in
+                          zip(np.r_[0, np.cumsum(counts)[:-1]], np.cumsum(counts))], 1)
+    torch.testing.assert_close(sums[0], expect)
+    from sklearn_attnprobe._head_layout import _owner_matrix
+
+    calls = _owner_matrix.cache_info()
+    on_meta = sum_heads(torch.empty(5, counts.sum(), *trailing, device="meta"), counts)
+    assert on_meta.shape == (5, len(counts), *trailing)
+    after = _owner_matrix.cache_info()
+    assert after.hits + after.misses == calls.hits + calls.misses + 1  # the matrix path
+
+
 @pytest.mark.parametrize("counts, n_outputs, fused", [
     ([1, 3, 2], 4, True),     # the fused kernels' per-head logits
     ([1, 3, 2], 4, False),    # the reference pooling, then per-head values
