@@ -13,11 +13,14 @@ handed to the parameters for the optimizer:
     dV = pooled^T G + wd V,   db = sum_i G_i,   dpooled = G V^T,
     dQ, dslope from the backward kernel (+ wd_q Q);
 
-the products with the values (``pooled V``, ``dV`` and ``dpooled``) run
-inside the kernels, text by text while a text's pooled states are in cache,
-as :func:`._fused.fused_head_logits` does for the CV stacks. In numpy they
-were three thin GEMMs over all pooled states: on the speed benchmark's step
-(1,500 texts, d 384, 8 heads, 10 classes) 9-11 ms of a 65-70 ms step.
+where the pooled states of a batch are large, the products with the values
+(``pooled V``, ``dV`` and ``dpooled``) run inside the kernels, text by text
+while a text's pooled states are in cache, as
+:func:`._fused.fused_head_logits` does for the CV stacks. In numpy they are
+three thin GEMMs over all pooled states: on the speed benchmark's step
+(1,500 texts, d 384, 8 heads, 10 classes) 9-11 ms of a 65-70 ms step, but
+faster than the kernels' per-text products where all pooled states fit in
+cache (``IN_KERNEL_MIN_POOLED_BYTES``).
 
 With it (and the kernel and AdamW changes made with it) the step took 0.79
 ms in ``bench_fit.py`` (0.1.0: 2.38 ms in the same run).
@@ -33,6 +36,13 @@ import torch
 
 from . import _fused
 from ._modules import AttentionProbeModule, _penalty, query_decay
+
+# Pooled states (texts x heads x d) of at least this many bytes take the value
+# products inside the kernels; smaller ones, which stay in cache, one numpy
+# GEMM each way (bench_fit.py's step, 200 texts x 8 heads x d 32, 200 KB:
+# 0.82 ms a step against 0.95 ms in the kernels; the speed benchmark's step,
+# 1,500 x 8 x 384, 18 MB: the kernels' way 9-11 ms faster).
+IN_KERNEL_MIN_POOLED_BYTES = 1 << 21
 
 
 def manual_objective(module, weight_decay):
@@ -84,6 +94,10 @@ class _ManualObjective:
         # logits, dpooled and dV are formed text by text while its pooled
         # states are in cache (no numpy pass over all the pooled states)
         Vt = np.ascontiguousarray(value.transpose(0, 2, 1))
+        # ... unless all pooled states fit in cache: then one numpy GEMM over
+        # them beats the per-text products (see IN_KERNEL_MIN_POOLED_BYTES)
+        in_kernel = len(batch) * H * d * dtype.itemsize >= IN_KERNEL_MIN_POOLED_BYTES
+        values = value.reshape(H * d, C)
         slope = (m.slope.detach().numpy() if self.code
                  else np.zeros(H, dtype))
         logits = np.empty((len(batch), C), dtype)
@@ -92,8 +106,13 @@ class _ManualObjective:
             k = len(block)
             keep = self.backend.keeps_weights(block.x.shape[1], d)
             pooled, lse, weights, zh = self.backend.forward_arrays(
-                self.backend.block_arrays(block), qT, slope, self.code, keep, Vt=Vt)
-            np.sum(zh, axis=1, out=logits[row:row + k])
+                self.backend.block_arrays(block), qT, slope, self.code, keep,
+                Vt=Vt if in_kernel else None)
+            if in_kernel:
+                np.sum(zh, axis=1, out=logits[row:row + k])
+            else:
+                np.matmul(pooled.reshape(k, H * d).astype(dtype, copy=False), values,
+                          out=logits[row:row + k])
             saved.append((block, pooled, lse, weights, row))
             row += k
         logits += m.bias.detach().numpy()
@@ -103,17 +122,28 @@ class _ManualObjective:
         d_values_t = np.zeros((H, C, d), dtype)
         d_query_t = np.zeros((H, d), dtype)
         d_slope = np.zeros(H, dtype)
+        d_values_flat = np.zeros((H * d, C), dtype)
         for block, pooled, lse, weights, row in saved:
             k = len(block)
-            # every head's class logits get the probe's logit gradient
-            dzh = np.ascontiguousarray(np.broadcast_to(grad[row:row + k, None, :], (k, H, C)))
-            dq, ds, dv = self.backend.backward_arrays(
-                self.backend.block_arrays(block), qT, slope, self.code, pooled, lse,
-                None, weights, Vt=Vt, dzh=dzh)
+            g = grad[row:row + k]
+            if in_kernel:
+                # every head's class logits get the probe's logit gradient
+                dzh = np.ascontiguousarray(np.broadcast_to(g[:, None, :], (k, H, C)))
+                dq, ds, dv = self.backend.backward_arrays(
+                    self.backend.block_arrays(block), qT, slope, self.code, pooled, lse,
+                    None, weights, Vt=Vt, dzh=dzh)
+                d_values_t += dv
+            else:
+                flat = pooled.reshape(k, H * d).astype(dtype, copy=False)
+                d_values_flat += flat.T @ g
+                d_pooled = (g @ values.T).reshape(k, H, d).astype(pooled.dtype, copy=False)
+                dq, ds, _ = self.backend.backward_arrays(
+                    self.backend.block_arrays(block), qT, slope, self.code, pooled, lse,
+                    d_pooled, weights)
             d_query_t += dq
             d_slope += ds
-            d_values_t += dv
-        d_values = np.ascontiguousarray(d_values_t.transpose(0, 2, 1))  # (H, d, C)
+        d_values = (np.ascontiguousarray(d_values_t.transpose(0, 2, 1)) if in_kernel
+                    else d_values_flat.reshape(H, d, C))  # (H, d, C)
         d_query = d_query_t.T
         objective = float(loss)
         if self.wd_value or self.wd_query:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sklearn_attnprobe import AttentionProbeClassifier, RaggedArray
-from sklearn_attnprobe import _loops
+from sklearn_attnprobe import _loops, _manual_step
 from sklearn_attnprobe._manual_step import manual_objective
 from sklearn_attnprobe._modules import AttentionProbeModule, StackedAttentionProbeModule
 from sklearn_attnprobe._packing import pack
@@ -42,10 +42,13 @@ def _problem(input_dtype, n_outputs, position, seed=0):
     (np.float16, 3, "last", 0.0, 1e-2, 2e-6),
 ])
 @pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("in_kernel", [True, False])
 def test_manual_objective_matches_autograd(monkeypatch, input_dtype, n_outputs, position,
-                                           query_wd, wd, rtol, keep):
-    # the weights kept by the forward, or recomputed by the backward
+                                           query_wd, wd, rtol, keep, in_kernel):
+    # the weights kept by the forward, or recomputed by the backward; the value
+    # products inside the kernels (large pooled states) or as numpy GEMMs
     monkeypatch.setattr(_fused_cpu, "keeps_weights", lambda T, d: keep)
+    monkeypatch.setattr(_manual_step, "IN_KERNEL_MIN_POOLED_BYTES", 0 if in_kernel else 1 << 62)
     module, batch, y, w = _problem(input_dtype, n_outputs, position)
     module.query_weight_decay = query_wd
     objectives(module, batch, y, w, wd).sum().backward()
@@ -54,10 +57,19 @@ def test_manual_objective_matches_autograd(monkeypatch, input_dtype, n_outputs, 
     expected_obj = float(objectives(module, batch, y, w, wd).detach())
     for p in module.parameters():
         p.grad = None
+    values_passed = []
+    forward_arrays = _fused_cpu.forward_arrays
+
+    def spy(*args, **kwargs):
+        values_passed.append(kwargs.get("Vt") is not None)
+        return forward_arrays(*args, **kwargs)
+
+    monkeypatch.setattr(_fused_cpu, "forward_arrays", spy)
     manual = manual_objective(module, wd)
     with manual.blas_context():
         obj = manual(batch, y, w)
     np.testing.assert_allclose(float(obj), expected_obj, rtol=rtol)
+    assert values_passed and set(values_passed) == {in_kernel}
     for name, p in module.named_parameters():
         if expected[name] is None:  # no position bias: the slopes get no gradient
             assert p.grad is None and position is None
