@@ -36,10 +36,14 @@ def sum_heads(per_head, head_counts, by_matmul=None):
     """``(k, n_columns, ...)`` per-head terms -> ``(k, n_models, ...)`` sums
     over each model's ``head_counts[m]`` consecutive columns.
 
-    On the CPU an ``index_add`` (deterministic there); elsewhere, or with
-    ``by_matmul``, a product with a 0/1 (columns x models) matrix kept on the
-    device: CUDA's ``index_add`` and the backward of ``gather`` accumulate
-    with atomics, so their sums vary from run to run."""
+    Models of one head count: a reshape and a sum. Mixed counts: on the CPU
+    an ``index_add`` (deterministic there); elsewhere, or with ``by_matmul``,
+    a product with a 0/1 (columns x models) matrix kept on the device:
+    CUDA's ``index_add`` and the backward of ``gather`` accumulate with
+    atomics, so their sums vary from run to run."""
+    H = _uniform(head_counts)
+    if H is not None and by_matmul is None:
+        return per_head.reshape(per_head.shape[0], -1, H, *per_head.shape[2:]).sum(2)
     counts = tuple(int(c) for c in head_counts)
     if by_matmul is None:
         by_matmul = per_head.device.type != "cpu"

@@ -44,8 +44,7 @@ class _StackedModels:
 
     def __init__(self, module):
         self.module = module
-        self.n_models = module.n_models
-        self.active = np.arange(self.n_models)  # original index of each working model
+        self.active = np.arange(module.n_models)  # original index of each working model
         self.final = {name: p.detach().clone() for name, p in module.named_parameters()}
         self.model_split = module.model_split
         self.head_counts = module.head_counts

@@ -119,10 +119,10 @@ class _ManualObjective:
         grad = np.empty_like(logits)
         loss = self.backend.weighted_log_loss_grad(logits, y.numpy(),
                                                    w.numpy().astype(dtype, copy=False), grad)
-        d_values_t = np.zeros((H, C, d), dtype)
         d_query_t = np.zeros((H, d), dtype)
         d_slope = np.zeros(H, dtype)
-        d_values_flat = np.zeros((H * d, C), dtype)
+        # the value gradient as the kernels accumulate it, or as the GEMM does
+        d_values_acc = np.zeros((H, C, d) if in_kernel else (H * d, C), dtype)
         for block, pooled, lse, weights, row in saved:
             k = len(block)
             g = grad[row:row + k]
@@ -132,18 +132,18 @@ class _ManualObjective:
                 dq, ds, dv = self.backend.backward_arrays(
                     self.backend.block_arrays(block), qT, slope, self.code, pooled, lse,
                     None, weights, Vt=Vt, dzh=dzh)
-                d_values_t += dv
+                d_values_acc += dv
             else:
                 flat = pooled.reshape(k, H * d).astype(dtype, copy=False)
-                d_values_flat += flat.T @ g
+                d_values_acc += flat.T @ g
                 d_pooled = (g @ values.T).reshape(k, H, d).astype(pooled.dtype, copy=False)
                 dq, ds, _ = self.backend.backward_arrays(
                     self.backend.block_arrays(block), qT, slope, self.code, pooled, lse,
                     d_pooled, weights)
             d_query_t += dq
             d_slope += ds
-        d_values = (np.ascontiguousarray(d_values_t.transpose(0, 2, 1)) if in_kernel
-                    else d_values_flat.reshape(H, d, C))  # (H, d, C)
+        d_values = (np.ascontiguousarray(d_values_acc.transpose(0, 2, 1)) if in_kernel
+                    else d_values_acc.reshape(H, d, C))  # (H, d, C)
         d_query = d_query_t.T
         objective = float(loss)
         if self.wd_value or self.wd_query:

@@ -254,19 +254,12 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         """Heads per model where all models have the same number, else None."""
         return _uniform(self.head_counts)
 
-    def _sum_heads(self, per_head):
-        """``(k, n_columns, ...)`` per-head terms -> ``(k, n_models, ...)`` sums."""
-        H = self.n_heads
-        if H is not None:
-            return per_head.reshape(per_head.shape[0], -1, H, *per_head.shape[2:]).sum(2)
-        return sum_heads(per_head, self.head_counts)
-
     def penalty(self, weight_decay):
         """``(n_models,)``: model ``m``'s penalty as in
         :meth:`AttentionProbeModule.penalty`, ``weight_decay`` a scalar or
         one value per model."""
         per_head = torch.stack([(self.query**2).sum(0), (self.value**2).sum(dim=(1, 2))])
-        sq_query, sq_value = self._sum_heads(per_head)
+        sq_query, sq_value = sum_heads(per_head, self.head_counts)
         return _penalty(self.query_weight_decay, weight_decay, sq_query, sq_value)
 
     def _direct(self, block):
@@ -288,7 +281,7 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
             heads = binary_attention_outputs(
                 block.x, block.padding(), query, self.value[..., 0].to(block.x.dtype),
                 slope, positions)
-            return self._sum_heads(heads)[..., None].to(self.value.dtype)
+            return sum_heads(heads, self.head_counts)[..., None].to(self.value.dtype)
         slope = self.slope if self.position is not None else None
         heads = fused_head_logits(block.x, block.lengths, self.query, slope,
                                   self.value, self.position)
@@ -301,7 +294,7 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
                 return thin_matmul(per_model.to(value.dtype), value).transpose(0, 1)
             heads = torch.bmm(pooled.transpose(0, 1).to(self.value.dtype),
                               self.value).transpose(0, 1)
-        return self._sum_heads(heads).to(self.value.dtype)
+        return sum_heads(heads, self.head_counts).to(self.value.dtype)
 
     def _live_models(self, block):
         """Models that weigh some text of ``block`` (None: all of them).
@@ -353,7 +346,6 @@ class _ModelSubset(_AttentionPooling):
         self.head_counts = stack.head_counts[models]
 
     n_heads = StackedAttentionProbeModule.n_heads
-    _sum_heads = StackedAttentionProbeModule._sum_heads
 
 
 class LinearProbeModule(nn.Module):

@@ -145,8 +145,7 @@ def run_attention_configs(configs):
     res = search.cv_results_
     n_heads = np.asarray(res["param_n_heads"], dtype=int)
     work = (search.n_iter_ * n_heads).sum(axis=0)  # steps x heads per candidate
-    params = {k: v for k, v in search.get_params().items()
-              if k in AttentionProbeClassifier._get_param_names()}
+    params = search._estimator_params()  # as its refit would take them
     best_of = best_by_head_count(res)
     rows = []
     for c, h in zip(configs, heads):
