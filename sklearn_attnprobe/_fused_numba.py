@@ -48,6 +48,7 @@ _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
 _EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                                         4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
 _EXP_LO, _EXP_HI = np.float32(-87.33654), np.float32(88.37626)  # float32's range
+_JOINT_MAX = 2048  # see _backward_chunk
 
 
 def _exp_row(v, n, bits):
@@ -224,10 +225,13 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
 
     With the forward's ``weights`` kept (first axis not 0), ``dA = x dp^T`` is
     the one product before ``g``. Without them the weights are recomputed from
-    the saved log-sum-exp: the logits and ``dA`` come from one ``(L, d) @
-    (d, 2H)`` BLAS call (the two products alone ran 10% faster so at d 384;
-    the whole backward kernel 6% faster at d 32, unchanged within noise at d
-    384), then the exponentials."""
+    the saved log-sum-exp (logits, then the exponentials).
+
+    ``dp^T`` enters BLAS as a transposed view and ``pooled_h . dp_h`` is formed
+    from ``dA`` (below): copying ``dp`` transposed into a ``(d, H)`` operand and
+    the ``H x d`` dot products took a third of the kernel at study scale (176
+    stacked heads, d 576, 100 texts of 16-128 tokens: 41 -> 29 ms with the
+    weights kept, 49 -> 40 ms without)."""
     T, d = (xh.shape[1], xh.shape[2]) if kind else (xf.shape[1], xf.shape[2])
     H = qT.shape[0]
     acc = qT.dtype.type
@@ -238,16 +242,24 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
     dV[:, :, :] = 0
     formed = np.empty((H if with_values else 0, d), dtype=qT.dtype)
     wide = np.empty((T if kind else 0, d), dtype=qT.dtype)
-    # columns: [query | dpooled^T], or [dpooled^T] alone with the weights kept
-    lead = 0 if kept else H
-    w = np.empty((d, lead + H), dtype=qT.dtype)
-    for j in range(d):
-        for h in range(lead):
-            w[j, h] = qT[h, j]
-    both = np.empty((T, lead + H), dtype=qT.dtype)
     G = np.empty((T, H), dtype=qT.dtype)
+    dA = np.empty((T, H), dtype=qT.dtype)
+    logits = np.empty((0 if kept else T, H), dtype=qT.dtype)
+    # recomputed weights, small (H, d): one call over [query | dpooled^T]
+    # copied side by side and c_h from the pooled states, where per-call and
+    # per-loop overheads dominate (bench_fit's tiny step: 0.83 ms this way,
+    # 0.87-0.90 with the large case's way); larger: two calls on transposed
+    # views, c_h from dA (_dlogits)
+    joint = not kept and H * d <= _JOINT_MAX
+    w = np.empty((d, 2 * H if joint else 0), dtype=qT.dtype)
+    both = np.empty((T if joint else 0, 2 * H), dtype=qT.dtype)
+    if joint:
+        for j in range(d):
+            for h in range(H):
+                w[j, h] = qT[h, j]
     bits = np.empty(T * H, dtype=np.int32)
     c = np.empty(H, dtype=qT.dtype)
+    norm = np.empty(H, dtype=qT.dtype)
     part = np.empty((H, d), dtype=qT.dtype)
     for i in range(start, stop):
         L = lengths[i]
@@ -257,31 +269,38 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
             _value_grads(pooled[i], Vt, dzh[i], dp, dV)
         else:
             dp = dpooled[i]
-        for h in range(H):
-            s = acc(0)
-            for j in range(d):
-                s += pooled[i, h, j] * dp[h, j]
-            c[h] = s
-        for j in range(d):
-            for h in range(H):
-                w[j, lead + h] = dp[h, j]
-        b = both[:L]
-        np.dot(xt, w, b)
+        b = dA[:L]
         g = G[:L]
         if kept:
-            a = weights[i, :L]
+            np.dot(xt, dp.T, b)
+            _dlogits(weights[i, :L], b, g, c, norm)
+        elif joint:
+            for j in range(d):
+                for h in range(H):
+                    w[j, H + h] = dp[h, j]
+            np.dot(xt, w, both[:L])
+            for h in range(H):
+                s = acc(0)
+                for j in range(d):
+                    s += pooled[i, h, j] * dp[h, j]
+                c[h] = s
             for t in range(L):
                 for h in range(H):
-                    g[t, h] = a[t, h] * (b[t, h] - c[h])
-        else:
-            for t in range(L):
-                for h in range(H):
-                    g[t, h] = b[t, h] - lse[i, h]
+                    g[t, h] = both[t, h] - lse[i, h]
             _add_positions(g, L, slope, code)
             _exp_row(g.reshape(L * H), L * H, bits)
             for t in range(L):
                 for h in range(H):
-                    g[t, h] *= b[t, H + h] - c[h]
+                    g[t, h] *= both[t, H + h] - c[h]
+        else:
+            np.dot(xt, dp.T, b)
+            np.dot(xt, qT.T, logits[:L])
+            for t in range(L):
+                for h in range(H):
+                    g[t, h] = logits[t, h] - lse[i, h]
+            _add_positions(g, L, slope, code)
+            _exp_row(g.reshape(L * H), L * H, bits)
+            _dlogits(g, b, g, c, norm)
         if code:
             p0, step = _position_line(L, code)
             for h in range(H):
@@ -291,6 +310,27 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
                 dslope[h] += s
         np.dot(g.T, xt, part)
         dq += part
+
+
+@njit(**_OPTS)
+def _dlogits(a, b, g, c, norm):
+    """``g_th = a_th (b_th - c_h)`` (``g`` may be ``a``), with ``c_h = pooled_h .
+    dp_h`` formed as ``sum_t a_th b_th / sum_t a_th`` from ``b = dA``: L x H
+    products instead of H x d, and the division keeps ``sum_t g_th`` at zero
+    where recomputed weights are off by a rounding (logits of 1e4)."""
+    L, H = a.shape
+    for h in range(H):
+        c[h] = 0
+        norm[h] = 0
+    for t in range(L):
+        for h in range(H):
+            c[h] += a[t, h] * b[t, h]
+            norm[h] += a[t, h]
+    for h in range(H):
+        c[h] /= norm[h]
+    for t in range(L):
+        for h in range(H):
+            g[t, h] = a[t, h] * (b[t, h] - c[h])
 
 
 @njit(**_OPTS)
