@@ -78,9 +78,11 @@ class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         "refit": ["boolean"],
     }
 
-    def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
+    def _candidate_logits(self, source, y_enc, W, wds, n_outputs, held_out=None):
         """``(n_texts, n_splits, n_candidates, n_outputs)`` logits of every
-        model, candidates in the order of :meth:`_search_grid`."""
+        model, candidates in the order of :meth:`_search_grid`. ``held_out``
+        ``(n_texts, n_splits)``: each split's test texts' sample weights (0
+        elsewhere), for classes that watch the held-out loss while training."""
         raise NotImplementedError
 
     def _search_grid(self, wds):
@@ -153,9 +155,12 @@ class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
 
         grid = self._search_grid(wds)
         start = time.perf_counter()
-        logits = self._candidate_logits(source, y_enc, W, wds, n_outputs)
-        fit_time = time.perf_counter() - start
         sw = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+        held_out = np.zeros_like(W)
+        for s, (_, test) in enumerate(splits):
+            held_out[test, s] = 1.0 if sw is None else sw[test]
+        logits = self._candidate_logits(source, y_enc, W, wds, n_outputs, held_out)
+        fit_time = time.perf_counter() - start
         scores = np.array([
             [self._score(scorer, logits[test, s, j], y[test],
                          None if sw is None else sw[test])

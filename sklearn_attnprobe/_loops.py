@@ -125,8 +125,13 @@ class StoppingRule:
 
 
 def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight_decay,
-               tol, n_iter_no_change, validation_set, verbose, desc):
-    """AdamW until converged or ``max_iter`` steps; see :func:`fit_module`."""
+               tol, n_iter_no_change, validation_set, verbose, desc, held_out=None):
+    """AdamW until converged or ``max_iter`` steps; see :func:`fit_module`.
+
+    ``held_out``, for a stack: a callable ``(module, rows) -> losses`` giving
+    each working model's loss on its own held-out texts after an epoch (rows:
+    the models' original indices); a model also stops once that loss has not
+    fallen by ``tol`` for more than ``held_out.patience`` epochs in a row."""
     device = train_set.y.device
     stacked = getattr(module, "n_models", None) is not None
     n_models = module.n_models if stacked else 1
@@ -138,6 +143,10 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
     # autograd (same values; see _manual_step)
     manual = None if stacked else manual_objective(module, decay)
     rule = StoppingRule(n_models, tol, n_iter_no_change)
+    held_rule = (StoppingRule(n_models, tol, held_out.patience) if held_out is not None
+                 else None)
+    held_out_stops = np.zeros(n_models, dtype=bool)
+    held_out_curve = []
     n_iter = np.zeros(n_models, dtype=np.int64)
     converged = np.zeros(n_models, dtype=bool)
     loss_curve, val_scores = [], []
@@ -180,6 +189,15 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
                 # as MLPClassifier: the held-out accuracy, higher is better
                 monitored = np.array([-val_scores[-1]])
             improved, stopped = rule.update(monitored, rows)
+            if held_rule is not None:
+                with torch.no_grad():
+                    held = np.asarray(held_out(module, rows), dtype=np.float64)
+                curve = np.full(n_models, np.nan)
+                curve[rows] = held
+                held_out_curve.append(curve)
+                _, overfit = held_rule.update(held, rows)
+                held_out_stops[rows[overfit & ~stopped]] = True
+                stopped = stopped | overfit
             if validation_set is not None and improved[0]:
                 best_val = val_scores[-1]
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -203,7 +221,8 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
     report.close(f"{steps} steps, {'converged' if converged.all() else 'max_iter reached'}"
                  f", {time.perf_counter() - start:.1f} s")
     return FitResult(n_iter=n_iter, loss_curve=loss_curve, converged=converged,
-                     validation_scores=val_scores, best_validation_score=best_val)
+                     validation_scores=val_scores, best_validation_score=best_val,
+                     held_out_stops=held_out_stops, held_out_curve=held_out_curve)
 
 
 def _accuracy(logits, y, w):

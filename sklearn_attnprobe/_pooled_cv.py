@@ -36,7 +36,7 @@ class _PooledProbeCV(_BaseProbeCV):
         self.callbacks = callbacks
         self.verbose = verbose
 
-    def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
+    def _candidate_logits(self, source, y_enc, W, wds, n_outputs, held_out=None):
         device = resolve_device(self.device)
         helper = self._estimator_class(**self._estimator_params())
         dtype = helper._compute_dtype(source)

@@ -212,11 +212,14 @@ class FitResult:
     net: NeuralNet = None  # the skorch net, on the callbacks path only
     validation_scores: list = field(default_factory=list)
     best_validation_score: float = None
+    # stacked models stopped by their held-out loss, and that loss per epoch
+    held_out_stops: np.ndarray = None
+    held_out_curve: list = field(default_factory=list)
 
 
 def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size,
                weight_decay, tol=1e-4, n_iter_no_change=10, validation_set=None,
-               callbacks=None, verbose=0, desc="fit"):
+               callbacks=None, verbose=0, desc="fit", held_out=None):
     """Train ``module`` in place on ``train_set``; return a :class:`FitResult`.
 
     ``max_iter`` counts optimizer steps for AdamW and iterations for L-BFGS.
@@ -224,6 +227,7 @@ def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size
     its held-out accuracy) has not improved by ``tol`` for more than
     ``n_iter_no_change`` epochs in a row; ``n_iter_no_change=None`` runs
     ``max_iter`` steps. L-BFGS stops when the largest gradient entry is below ``tol``.
+    ``held_out`` (AdamW without callbacks only): see :func:`._loops.adamw_loop`.
     """
     from ._loops import adamw_loop, lbfgs_loop
 
@@ -250,7 +254,7 @@ def fit_module(module, train_set, *, solver, learning_rate, max_iter, batch_size
                                 weight_decay=weight_decay, tol=tol,
                                 n_iter_no_change=n_iter_no_change,
                                 validation_set=validation_set, verbose=verbose,
-                                desc=desc)
+                                desc=desc, held_out=held_out)
     if not result.converged.all():
         warnings.warn(
             f"{desc}: stopped at max_iter={max_iter} before the objective converged "

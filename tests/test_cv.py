@@ -228,3 +228,86 @@ def test_bad_head_count_lists(data, n_heads):
     X, y = data
     with pytest.raises((ValueError, TypeError), match="n_heads"):
         AttentionProbeClassifierCV(n_heads=n_heads, cv=2, max_iter=5).fit(X, y)
+
+
+# -- held_out_stopping --------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("cv", [4, "shuffle"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_held_out_loss_is_the_neg_log_loss_of_the_split(data, cv, weighted):
+    """The curve's last entry of each model is its split's held-out log-loss,
+    as the neg_log_loss scorer computes it (blocks packed by idle splits, or
+    not: a ShuffleSplit's overlapping test sets; sample weights included)."""
+    from sklearn.model_selection import ShuffleSplit
+
+    X, y = data
+    splitter = ShuffleSplit(n_splits=5, test_size=0.3, random_state=0) if cv == "shuffle" else cv
+    sw = np.random.default_rng(0).uniform(0.5, 2.0, len(y)) if weighted else None
+    est = AttentionProbeClassifierCV(n_heads=[1, 2], weight_decays=[0.0, 0.1], cv=splitter,
+                                     max_iter=6, scoring="neg_log_loss", refit=False,
+                                     held_out_stopping=10, random_state=0)
+    est.fit(X, y, sample_weight=sw)
+    curve = est.held_out_loss_curve_
+    assert curve.shape == (6, est.n_splits_, 4) and np.isfinite(curve).all()
+    assert not est.held_out_stopped_.any()  # 6 epochs, patience 10
+    scores = np.array([est.cv_results_[f"split{k}_test_score"] for k in range(est.n_splits_)])
+    np.testing.assert_allclose(curve[-1], -scores, rtol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_held_out_stopping_follows_its_rule_and_saves_steps():
+    """Noise labels at d 64 on 60 texts: every model overfits, so the held-out
+    loss stops them well before the training rule; each stop is the rule's
+    (no fall by ``tol`` for more than ``n_iter_no_change`` epochs), and no
+    model ran past such a stretch."""
+    rng = np.random.default_rng(1)
+    X = [rng.standard_normal((int(rng.integers(3, 12)), 64)) for _ in range(60)]
+    y = rng.integers(0, 2, 60)
+    params = dict(n_heads=2, weight_decays=[0.0, 1e-3], cv=3, max_iter=300, tol=1e-4,
+                  refit=False, random_state=0)
+    plain = AttentionProbeClassifierCV(**params).fit(X, y)
+    est = AttentionProbeClassifierCV(**params, held_out_stopping=5).fit(X, y)
+    assert est.held_out_stopped_.all()
+    assert est.n_iter_.sum() < 0.5 * plain.n_iter_.sum()
+    curve = est.held_out_loss_curve_
+    for s in range(3):
+        for j in range(2):
+            losses = curve[: est.n_iter_[s, j], s, j]
+            assert np.isfinite(losses).all() and np.isnan(curve[est.n_iter_[s, j]:, s, j]).all()
+            best, misses, stops = np.inf, 0, []
+            for t, v in enumerate(losses):
+                misses = 0 if v < best - 1e-4 else misses + 1
+                best = min(best, v)
+                stops.append(misses > 5)
+            assert stops[-1] and not any(stops[:-1])
+    # without held-out stopping the attribute is gone (refitting the same object)
+    est.set_params(held_out_stopping=None, max_iter=3).fit(X, y)
+    assert not hasattr(est, "held_out_stopped_") and not hasattr(est, "held_out_loss_curve_")
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(solver="lbfgs"), "solver='adamw'"),
+    (dict(callbacks="timer"), "no callbacks"),
+    (dict(held_out_stopping=0), "held_out_stopping"),
+])
+def test_held_out_stopping_bad_settings(data, params, match):
+    from skorch.callbacks import EpochTimer
+
+    X, y = data
+    if params.get("callbacks") == "timer":
+        params = dict(callbacks=[EpochTimer()])
+    with pytest.raises(ValueError, match=match):
+        AttentionProbeClassifierCV(**{"held_out_stopping": 3, "cv": 3, "max_iter": 5,
+                                      **params}).fit(X, y)
+
+
+def test_held_out_stopping_needs_texts_in_memory(tmp_path, data):
+    from sklearn_attnprobe import RaggedArray
+
+    X, y = data
+    RaggedArray.from_list(list(X)).save(tmp_path / "x.npz")
+    mapped = RaggedArray.load(tmp_path / "x.npz", mmap_mode="r")
+    with pytest.raises(ValueError, match="in memory"):
+        AttentionProbeClassifierCV(held_out_stopping=3, cv=3, max_iter=5,
+                                   batch_size=32).fit(mapped, y)

@@ -46,7 +46,7 @@ class MeanAdamWSearchCV(_BaseProbeCV):
         self.compute_dtype = compute_dtype
         self.random_state = random_state
 
-    def _candidate_logits(self, source, y_enc, W, wds, n_outputs):
+    def _candidate_logits(self, source, y_enc, W, wds, n_outputs, held_out=None):
         device = resolve_device(self.device)
         helper = self._estimator_class(**self._estimator_params())
         dtype = helper._compute_dtype(source)
