@@ -230,8 +230,8 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
     ``dp^T`` enters BLAS as a transposed view and ``pooled_h . dp_h`` is formed
     from ``dA`` (below): copying ``dp`` transposed into a ``(d, H)`` operand and
     the ``H x d`` dot products took a third of the kernel at study scale (176
-    stacked heads, d 576, 100 texts of 16-128 tokens: 41 -> 29 ms with the
-    weights kept, 49 -> 40 ms without)."""
+    stacked heads, d 576, 100 texts of 16-128 tokens: 39.0 -> 27.9 ms with
+    the weights kept, 50.0 -> 39.2 ms without)."""
     T, d = (xh.shape[1], xh.shape[2]) if kind else (xf.shape[1], xf.shape[2])
     H = qT.shape[0]
     acc = qT.dtype.type

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from sklearn_attnprobe import (
@@ -253,10 +254,15 @@ def test_held_out_loss_is_the_neg_log_loss_of_the_split(data, cv, weighted):
     assert not est.held_out_stopped_.any()  # 6 epochs, patience 10
     scores = np.array([est.cv_results_[f"split{k}_test_score"] for k in range(est.n_splits_)])
     np.testing.assert_allclose(curve[-1], -scores, rtol=1e-9)
+    # watching the held-out loss leaves the training itself untouched
+    plain = clone(est).set_params(held_out_stopping=None).fit(X, y, sample_weight=sw)
+    for k in range(est.n_splits_):
+        np.testing.assert_array_equal(plain.cv_results_[f"split{k}_test_score"],
+                                      est.cv_results_[f"split{k}_test_score"])
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_held_out_stopping_follows_its_rule_and_saves_steps():
+def test_held_out_stopping_follows_its_rule_and_saves_steps(tmp_path):
     """Noise labels at d 64 on 60 texts: every model overfits, so the held-out
     loss stops them well before the training rule; each stop is the rule's
     (no fall by ``tol`` for more than ``n_iter_no_change`` epochs), and no
@@ -281,6 +287,11 @@ def test_held_out_stopping_follows_its_rule_and_saves_steps():
                 best = min(best, v)
                 stops.append(misses > 5)
             assert stops[-1] and not any(stops[:-1])
+    # the curve and the stops survive a save and load (NaNs included)
+    est.save(tmp_path / "cv.safetensors")
+    loaded = AttentionProbeClassifierCV.load(tmp_path / "cv.safetensors")
+    np.testing.assert_array_equal(loaded.held_out_loss_curve_, curve)
+    np.testing.assert_array_equal(loaded.held_out_stopped_, est.held_out_stopped_)
     # without held-out stopping the attribute is gone (refitting the same object)
     est.set_params(held_out_stopping=None, max_iter=3).fit(X, y)
     assert not hasattr(est, "held_out_stopped_") and not hasattr(est, "held_out_loss_curve_")
