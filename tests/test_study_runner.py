@@ -350,3 +350,12 @@ def test_scatter_figures_draw_interval_bars(tmp_path, monkeypatch):
     drawn.clear()
     plot_figures(rows, tmp_path)
     assert drawn == []
+
+
+def test_attention_search_stops_on_held_out_loss_and_refits_plainly():
+    # the study's one departure from the seed: its CV models also stop on
+    # their held-out loss; the refits are plain probes (no such parameter)
+    search = study.make_search("attn-2")
+    assert search.held_out_stopping == study.HELD_OUT_PATIENCE
+    assert "held_out_stopping" not in search._estimator_params()
+    assert study.make_search("mean").get_params().get("held_out_stopping") is None
