@@ -29,9 +29,9 @@ from ._attention import AttentionProbeClassifier, module_position
 from ._base import module_logits
 from ._numerics import parameter_dtype, resolve_device
 from ._cv_base import _BaseProbeCV
-from ._modules import StackedAttentionProbeModule, _ModelSubset
+from ._modules import StackedAttentionProbeModule
 from ._packing import inverse_order, pack_by_idle_splits
-from ._streaming import make_training_set
+from ._streaming import make_training_set, should_stream
 from ._training import fit_module, per_sample_log_loss
 
 
@@ -244,6 +244,8 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         return [{"n_heads": h, "weight_decay": float(w)} for h in heads for w in wds]
 
     def _candidate_logits(self, source, y_enc, W, wds, n_outputs, held_out=None):
+        if self.held_out_stopping is not None:
+            self._check_held_out_stopping(source)
         grid = self._search_grid(wds)
         n_splits, n_cand = W.shape[1], len(grid)
         M = n_splits * n_cand  # model m = fold m // n_cand, candidate m % n_cand
@@ -274,7 +276,6 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
                                  dtype=pdtype, device=device)
         watch = None
         if self.held_out_stopping is not None:
-            self._check_held_out_stopping(train_set)
             watch = _HeldOutLoss(train_set, np.repeat(held_out, n_cand, axis=1),
                                  self.held_out_stopping)
         result = fit_module(
@@ -301,11 +302,12 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         logits = logits[inverse_order(order)]
         return logits.reshape(len(y_enc), n_splits, n_cand, n_outputs)
 
-    def _check_held_out_stopping(self, train_set):
+    def _check_held_out_stopping(self, source):
+        """Before any packing: the settings held-out stopping works with."""
         if self.solver != "adamw" or self.callbacks:
             raise ValueError("held_out_stopping needs solver='adamw' and no "
                              "callbacks (it is a rule of the plain AdamW loop)")
-        if not hasattr(train_set, "batch"):
+        if should_stream(source, self.batch_size):
             raise ValueError("held_out_stopping needs the texts in memory: with a "
                              "memory-mapped X leave batch_size=None")
 
@@ -367,7 +369,7 @@ class _HeldOutLoss:
             if not len(local):
                 continue
             idx = torch.as_tensor(local, device=self.w.device)
-            logits = _ModelSubset(module, local)._block_logits(block)
+            logits = module.models_block_logits(block, local)
             logits = logits.to(module.bias.dtype) + module.bias[idx]
             lo, hi = self.starts[b], self.starts[b + 1]
             w = self.w[lo:hi][:, torch.as_tensor(rows[local], device=self.w.device)]

@@ -244,13 +244,13 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
     wide = np.empty((T if kind else 0, d), dtype=qT.dtype)
     G = np.empty((T, H), dtype=qT.dtype)
     dA = np.empty((T, H), dtype=qT.dtype)
-    logits = np.empty((0 if kept else T, H), dtype=qT.dtype)
     # recomputed weights, small (H, d): one call over [query | dpooled^T]
     # copied side by side and c_h from the pooled states, where per-call and
     # per-loop overheads dominate (bench_fit's tiny step: 0.83 ms this way,
     # 0.87-0.90 with the large case's way); larger: two calls on transposed
     # views, c_h from dA (_dlogits)
     joint = not kept and H * d <= _JOINT_MAX
+    logits = np.empty((0 if kept or joint else T, H), dtype=qT.dtype)
     w = np.empty((d, 2 * H if joint else 0), dtype=qT.dtype)
     both = np.empty((T if joint else 0, 2 * H), dtype=qT.dtype)
     if joint:

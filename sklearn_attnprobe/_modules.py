@@ -310,6 +310,11 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
         live = np.flatnonzero(~np.isin(splits, block.idle_splits))
         return None if len(live) == len(splits) else live
 
+    def models_block_logits(self, block, models):
+        """``(k, len(models), C)`` logits of ``models`` (a numpy array of
+        indices) on ``block``, without the bias."""
+        return _ModelSubset(self, models)._block_logits(block)
+
     def forward(self, batch):
         M, C = self.n_models, self.value.shape[-1]
         outs = []
@@ -322,7 +327,7 @@ class StackedAttentionProbeModule(_AttentionPooling, nn.Module):
             out = self.value.new_zeros(len(block), M, C)
             if len(live):
                 idx = torch.as_tensor(live, device=self.value.device)
-                part = _ModelSubset(self, live)._block_logits(block)
+                part = self.models_block_logits(block, live)
                 out = out.index_copy(1, idx, part.to(out.dtype))
             outs.append(out)
         return torch.cat(outs) + self.bias
