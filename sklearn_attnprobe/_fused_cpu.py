@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from . import _fused_numba as kernels
+from . import _fused_step_numba as step_kernels
 from . import _scratch
 
 _KIND = {torch.float16: 1, torch.bfloat16: 2}
 adamw_update = kernels.adamw_update
-weighted_log_loss_grad = kernels.weighted_log_loss_grad
+total_weight = kernels.total_weight
 
 
 @functools.cache
@@ -157,6 +158,25 @@ def backward_arrays(arrays, qT, slope, code, pooled, lse, dpooled, weights=None,
     run(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled, weights, Vt, dzh,
         dq, ds, dV)
     return dq.sum(0), ds.sum(0), (dV.sum(0) if Vt.shape[0] else None)
+
+
+def step_arrays(arrays, qT, slope, code, Vt, bias, y, w, total):
+    """A single probe's training step over a block given as :func:`_arrays`
+    (:mod:`._fused_step_numba`): ``(sum_i w_i loss_i, dQ^T (H, d), dslope
+    (H,), dV (H, C, d), dbias (C,))``, the gradients those of the batch's
+    weighted mean loss (``total``: the batch's summed weight, see
+    :func:`total_weight`). Call inside :func:`one_blas_thread`."""
+    xf, xh, kind, lengths = arrays
+    H, d = qT.shape
+    dtype = qT.dtype
+    run, n = _kernel(step_kernels.step, step_kernels.step_serial)
+    dq = np.empty((n, H, d), dtype=dtype)
+    ds = np.empty((n, H), dtype=dtype)
+    dV = np.empty((n, *Vt.shape), dtype=dtype)
+    db = np.empty((n, Vt.shape[1]), dtype=dtype)
+    loss = np.empty(n, dtype=np.float64)
+    run(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, dq, ds, dV, db, loss)
+    return float(loss.sum()), dq.sum(0), ds.sum(0), dV.sum(0), db.sum(0)
 
 
 def _tensor(a):

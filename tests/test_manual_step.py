@@ -41,14 +41,8 @@ def _problem(input_dtype, n_outputs, position, seed=0):
     (np.float32, 3, None, None, 1e-2, 2e-6),
     (np.float16, 3, "last", 0.0, 1e-2, 2e-6),
 ])
-@pytest.mark.parametrize("keep", [True, False])
-@pytest.mark.parametrize("in_kernel", [True, False])
 def test_manual_objective_matches_autograd(monkeypatch, input_dtype, n_outputs, position,
-                                           query_wd, wd, rtol, keep, in_kernel):
-    # the weights kept by the forward, or recomputed by the backward; the value
-    # products inside the kernels (large pooled states) or as numpy GEMMs
-    monkeypatch.setattr(_fused_cpu, "keeps_weights", lambda T, d: keep)
-    monkeypatch.setattr(_manual_step, "IN_KERNEL_MIN_POOLED_BYTES", 0 if in_kernel else 1 << 62)
+                                           query_wd, wd, rtol):
     module, batch, y, w = _problem(input_dtype, n_outputs, position)
     module.query_weight_decay = query_wd
     objectives(module, batch, y, w, wd).sum().backward()
@@ -57,19 +51,17 @@ def test_manual_objective_matches_autograd(monkeypatch, input_dtype, n_outputs, 
     expected_obj = float(objectives(module, batch, y, w, wd).detach())
     for p in module.parameters():
         p.grad = None
-    values_passed = []
-    forward_arrays = _fused_cpu.forward_arrays
-
-    def spy(*args, **kwargs):
-        values_passed.append(kwargs.get("Vt") is not None)
-        return forward_arrays(*args, **kwargs)
-
-    monkeypatch.setattr(_fused_cpu, "forward_arrays", spy)
+    ran = []  # the one-pass step kernel only, not the forward and backward ones
+    for name in ("step_arrays", "forward_arrays", "backward_arrays"):
+        def spy(*args, _real=getattr(_fused_cpu, name), _name=name, **kwargs):
+            ran.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(_fused_cpu, name, spy)
     manual = manual_objective(module, wd)
     with manual.blas_context():
         obj = manual(batch, y, w)
     np.testing.assert_allclose(float(obj), expected_obj, rtol=rtol)
-    assert values_passed and set(values_passed) == {in_kernel}
+    assert set(ran) == {"step_arrays"}
     for name, p in module.named_parameters():
         if expected[name] is None:  # no position bias: the slopes get no gradient
             assert p.grad is None and position is None
@@ -88,6 +80,46 @@ def test_manual_objective_applies_only_where_it_can():
     # a float32 module on float64 blocks: autograd (the accumulation dtypes differ)
     module, batch, y, w = _problem(np.float64, 3, "last")
     assert manual_objective(module.float(), 0.0)(batch, y, w) is None
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", ["long texts", "one-token texts", "logits of 1e4"])
+def test_one_pass_step_matches_autograd(threads, case):
+    # serial and parallel (texts in two chunks); texts longer than d_model,
+    # texts of one token, and saturated softmaxes
+    rng = np.random.default_rng(3)
+    low, high = {"long texts": (20, 300), "one-token texts": (1, 2),
+                 "logits of 1e4": (1, 40)}[case]
+    lengths = rng.integers(low, high, 30)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    X = RaggedArray(rng.standard_normal((offsets[-1], 8)), offsets)
+    batch = pack(X, torch.float64, torch.device("cpu"))
+    module = AttentionProbeModule(8, 2, 3, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        module.query.normal_(0, 1e3 if case == "logits of 1e4" else 0.3)
+        module.slope.normal_(0, 0.1)
+    y = torch.as_tensor(rng.integers(0, 3, 30)[batch.order])
+    w = torch.as_tensor(rng.random(30)[batch.order])
+    objectives(module, batch, y, w, 1e-2).sum().backward()
+    expected = {n: p.grad.clone() for n, p in module.named_parameters()}
+    expected_obj = float(objectives(module, batch, y, w, 1e-2).detach())
+    for p in module.parameters():
+        p.grad = None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        manual = manual_objective(module, 1e-2)
+        with manual.blas_context():
+            obj = manual(batch, y, w)
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_allclose(float(obj), expected_obj, rtol=1e-12)
+    for name, p in module.named_parameters():
+        assert np.isfinite(p.grad.numpy()).all()
+        scale = float(expected[name].abs().max())
+        np.testing.assert_allclose(p.grad.numpy(), expected[name].numpy(), rtol=0,
+                                   atol=1e-12 * max(scale, 1.0))
 
 
 @pytest.mark.parametrize("dtype, batch_size", [(np.float64, None), (np.float32, 40)])
@@ -117,15 +149,17 @@ def test_fits_through_the_manual_objective_match_autograd_fits(monkeypatch, dtyp
 
 @pytest.mark.parametrize("n_outputs", [1, 4])
 def test_loss_gradient_stays_finite_at_extreme_logits(n_outputs):
-    from sklearn_attnprobe._fused_numba import weighted_log_loss_grad
+    from sklearn_attnprobe._fused_numba import row_loss_grad, total_weight
     from sklearn_attnprobe._training import weighted_log_loss
 
     rng = np.random.default_rng(0)
     logits = rng.choice([-1e4, -30.0, 0.0, 30.0, 1e4], size=(50, n_outputs))
     y = rng.integers(0, max(n_outputs, 2), 50)
     w = rng.random(50)
+    total = total_weight(w)
     grad = np.empty_like(logits)
-    loss = weighted_log_loss_grad(logits, y, w, grad)
+    loss = sum(row_loss_grad(logits[i], y[i], w[i], w[i] / total, grad[i])
+               for i in range(50)) / total
     t = torch.tensor(logits, requires_grad=True)
     expected = weighted_log_loss(t, torch.as_tensor(y), torch.as_tensor(w))
     expected.backward()

@@ -1,0 +1,134 @@
+"""A single probe's whole training step, text by text, in one numba kernel.
+
+:mod:`._manual_step` evaluates a probe's objective and gradients with two
+kernel passes over a block (:mod:`._fused_numba`): the forward writes every
+text's pooled states and attention weights, the loss gradient is formed
+over the block, then the backward reads each text again, widening half-
+precision activations a second time. But a text's gradient needs nothing
+from other texts except the batch's total weight, which is known before the
+step: here each text goes forward, through its loss and back while its
+activations are still in the core's cache, so the activations are read
+(and widened) once per step and nothing per text is written out but the
+gradient sums.
+
+The arithmetic is the two-pass path's, in the same order, so a serial run
+gives the same bits; only the loss's float64 sum is grouped by chunk when
+chunks of texts run in parallel.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._fused_numba import (
+    _OPTS,
+    _add_positions,
+    _dlogits,
+    _head_values,
+    _position_line,
+    _softmax_columns,
+    _text,
+    row_loss_grad,
+)
+
+
+@njit(**_OPTS)
+def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, start, stop,
+                dq, dslope, dV, dbias):
+    """Texts ``start:stop``: their summed ``w_i loss_i`` (float64, returned)
+    and, added into ``dq (H, d)``, ``dslope (H,)``, ``dV (H, C, d)`` and
+    ``dbias (C,)``, the gradients of the weighted mean loss."""
+    T, d = (xh.shape[1], xh.shape[2]) if kind else (xf.shape[1], xf.shape[2])
+    H, C = Vt.shape[0], Vt.shape[1]
+    dtype = qT.dtype
+    acc = dtype.type
+    wide = np.empty((T if kind else 0, d), dtype=dtype)
+    S = np.empty((T, H), dtype=dtype)
+    G = np.empty((T, H), dtype=dtype)
+    dA = np.empty((T, H), dtype=dtype)
+    bits = np.empty(T * H, dtype=np.int32)
+    top, norm_ = np.empty(H, dtype=dtype), np.empty(H, dtype=dtype)
+    lse = np.empty(H, dtype=dtype)
+    pooled = np.empty((H, d), dtype=dtype)
+    dp = np.empty((H, d), dtype=dtype)
+    part = np.empty((H, d), dtype=dtype)
+    zh = np.empty((H, C), dtype=dtype)
+    z = np.empty(C, dtype=dtype)
+    gz = np.empty(C, dtype=dtype)
+    c = np.empty(H, dtype=dtype)
+    loss = 0.0
+    for i in range(start, stop):
+        L = lengths[i]
+        xt = _text(xf, xh, i, L, kind, wide)[:L]
+        # forward: logits, softmax down the columns, pooled states, head logits
+        a = S[:L]
+        np.dot(xt, qT.T, a)
+        _add_positions(a, L, slope, code)
+        _softmax_columns(a, L, lse, bits, top, norm_)
+        np.dot(a.T, xt, pooled)
+        _head_values(pooled, Vt, zh)
+        # the probe's logits (heads summed in order, then the bias) and their
+        # gradient, as the two-pass path forms them over the whole batch
+        for k in range(C):
+            s = zh[0, k]
+            for h in range(1, H):
+                s += zh[h, k]
+            z[k] = s + bias[k]
+        loss += row_loss_grad(z, y[i], w[i], w[i] / total, gz)
+        for k in range(C):
+            dbias[k] += gz[k]
+        # every head's class logits get that gradient: dpooled and dV
+        for h in range(H):
+            for j in range(d):
+                dp[h, j] = 0
+            for k in range(C):
+                g = gz[k]
+                for j in range(d):
+                    dp[h, j] += g * Vt[h, k, j]
+                    dV[h, k, j] += g * pooled[h, j]
+        # backward, the activations still in cache
+        b = dA[:L]
+        g = G[:L]
+        np.dot(xt, dp.T, b)
+        _dlogits(a, b, g, c, norm_)
+        if code:
+            p0, step = _position_line(L, code)
+            for h in range(H):
+                s = acc(0)
+                for t in range(L):
+                    s += g[t, h] * acc(p0 + step * t)
+                dslope[h] += s
+        np.dot(g.T, xt, part)
+        dq += part
+    return loss
+
+
+@njit(parallel=True, **_OPTS)
+def step(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, dq_parts,
+         dslope_parts, dV_parts, dbias_parts, loss_parts):
+    """:func:`_step_chunk` over a block's texts in ``dq_parts.shape[0]``
+    chunks run in parallel; per-chunk sums (zeroed here)."""
+    k = lengths.shape[0]
+    n_chunks = dq_parts.shape[0]
+    per = (k + n_chunks - 1) // n_chunks
+    for ch in prange(n_chunks):
+        dq_parts[ch] = 0
+        dslope_parts[ch] = 0
+        dV_parts[ch] = 0
+        dbias_parts[ch] = 0
+        loss_parts[ch] = _step_chunk(
+            xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, ch * per,
+            min(k, (ch + 1) * per), dq_parts[ch], dslope_parts[ch], dV_parts[ch],
+            dbias_parts[ch])
+
+
+@njit(**_OPTS)
+def step_serial(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, dq_parts,
+                dslope_parts, dV_parts, dbias_parts, loss_parts):
+    """:func:`step` on the calling thread, one chunk."""
+    dq_parts[0] = 0
+    dslope_parts[0] = 0
+    dV_parts[0] = 0
+    dbias_parts[0] = 0
+    loss_parts[0] = _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w,
+                                total, 0, lengths.shape[0], dq_parts[0], dslope_parts[0],
+                                dV_parts[0], dbias_parts[0])
