@@ -222,11 +222,12 @@ def main(argv=None):
                 jobs.append(dict(kind="cvstep", task="needle", n_heads=n_heads, data=path,
                                  threads=1))
         if "fitstep" in only:
-            path = _save_task(folder, "fitstep", "needle", 1500, 0, d_model=384, n_classes=10,
-                              min_length=16, max_length=128, signal=8.0)
+            fitstep_path = _save_task(folder, "fitstep", "needle", 1500, 0, d_model=384,
+                                      n_classes=10, min_length=16, max_length=128,
+                                      signal=8.0)
             for dtype in ("float16", "float32"):
-                jobs.append(dict(kind="fitstep", task=f"needle {dtype}", n_heads=8, data=path,
-                                 dtype=dtype, threads=1))
+                jobs.append(dict(kind="fitstep", task=f"needle {dtype}", n_heads=8,
+                                 data=fitstep_path, dtype=dtype, threads=1))
         for spec in jobs:
             for side, python in pythons.items():
                 if side != "ours" and spec.get("ours_only"):
@@ -235,7 +236,8 @@ def main(argv=None):
                 rows.append(dict(side=side, **{k: v for k, v in spec.items()
                                                if k not in ("data", "ours_only")}, **result))
                 print(json.dumps(rows[-1]), flush=True)
-    report = _report(rows, args.baseline_label)
+        floors = _fit_step_floors(fitstep_path) if "fitstep" in only else None
+    report = _report(rows, args.baseline_label, floors)
     print(report)
     if args.out:
         # imported here: the workers run this file as a script, outside the package
@@ -244,7 +246,35 @@ def main(argv=None):
         save_results(args.out, "fit_time", rows, report)
 
 
-def _report(rows, base_label="0.1.0"):
+def _fit_step_floors(path):
+    """The fit step's floors on its workload, measured in this run as
+    ``bench_speed.py`` measures them (one thread): the two-read roofline
+    (two reads of the real tokens' bytes at the read bandwidth) per input
+    dtype, and the compute floor (the operator's four per-token products,
+    8 heads, at the rate BLAS reaches on one text's products in cache)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from benchmarks.bench_speed import read_bandwidth, thin_product_rate
+
+    z = np.load(path)
+    tokens, d = z["data"].shape
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            bandwidth = float(np.median([read_bandwidth() for _ in range(3)]))
+            rate = thin_product_rate(d, 8)
+    finally:
+        torch.set_num_threads(threads)
+    return {"tokens": int(tokens), "d_model": int(d), "read_bandwidth": bandwidth,
+            "thin_product_fma_per_s": rate,
+            "compute_floor_ms": 1e3 * 4 * tokens * d * 8 / rate,
+            "roofline_ms": {dt: 1e3 * 2 * tokens * d * np.dtype(dt).itemsize / bandwidth
+                            for dt in ("float16", "float32")}}
+
+
+def _report(rows, base_label="0.1.0", floors=None):
     import platform
 
     b = base_label
@@ -291,6 +321,23 @@ def _report(rows, base_label="0.1.0"):
                      f"{ours['seconds']:.1f} | {ratio:.1f}x | {base['test_accuracy']:.3f} | "
                      f"{ours['test_accuracy']:.3f} | {tail} | {warm} |")
     lines.append("")
+    if floors:
+        lines += [
+            f"Fit step against its floors, measured in this run (one thread): "
+            f"{floors['tokens']} tokens x d {floors['d_model']}, read bandwidth "
+            f"{floors['read_bandwidth'] / 1e9:.1f} GB/s, per-text products in cache "
+            f"{floors['thin_product_fma_per_s'] / 1e9:.0f} GFMA/s.", "",
+            "| input | ours ms | two-read roofline ms | compute floor ms | ours / roofline "
+            "| ours / compute floor |", "|---|---|---|---|---|---|"]
+        for (kind, task, _), sides in groups.items():
+            if kind != "fitstep":
+                continue
+            dt = task.split()[-1]
+            ms = 1e3 * sides["ours"]["seconds"]
+            roof, floor = floors["roofline_ms"][dt], floors["compute_floor_ms"]
+            lines.append(f"| {dt} | {ms:.1f} | {roof:.1f} | {floor:.1f} | {roof / ms:.2f} | "
+                         f"{floor / ms:.2f} |")
+        lines.append("")
     for kind, ratios in speedups.items():
         geo = float(np.exp(np.mean(np.log(ratios))))
         lines.append(f"{kind}: geometric-mean speed-up {geo:.1f}x over {len(ratios)} fits")
