@@ -1,19 +1,21 @@
 """A single probe's whole training step, text by text, in one numba kernel.
 
-:mod:`._manual_step` evaluates a probe's objective and gradients with two
-kernel passes over a block (:mod:`._fused_numba`): the forward writes every
-text's pooled states and attention weights, the loss gradient is formed
-over the block, then the backward reads each text again, widening half-
-precision activations a second time. But a text's gradient needs nothing
-from other texts except the batch's total weight, which is known before the
-step: here each text goes forward, through its loss and back while its
-activations are still in the core's cache, so the activations are read
-(and widened) once per step and nothing per text is written out but the
-gradient sums.
+:mod:`._manual_step` used to evaluate a probe's objective and gradients
+with two kernel passes over a block (:mod:`._fused_numba`): the forward
+wrote every text's pooled states and attention weights, the loss gradient
+was formed over the block, then the backward read each text again, widening
+half-precision activations a second time. But a text's gradient needs
+nothing from other texts except the batch's total weight, which is known
+before the step: here each text goes forward, through its loss and back
+while its activations are still in the core's cache, so they are read (and
+widened) once per step and nothing per text is written out but the gradient
+sums. The forward and backward kernels remain for autograd (the CV stacks,
+inspection).
 
-The arithmetic is the two-pass path's, in the same order, so a serial run
-gives the same bits; only the loss's float64 sum is grouped by chunk when
-chunks of texts run in parallel.
+Per text the arithmetic is that of the forward and backward kernels of
+:mod:`._fused_numba` (the same BLAS calls and helpers: softmax, head
+logits, ``dlogit``); the loss and the bias gradient are summed text by text
+(float64 for the loss), in chunks of texts when the chunks run in parallel.
 """
 
 import numpy as np
@@ -46,7 +48,7 @@ def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, s
     G = np.empty((T, H), dtype=dtype)
     dA = np.empty((T, H), dtype=dtype)
     bits = np.empty(T * H, dtype=np.int32)
-    top, norm_ = np.empty(H, dtype=dtype), np.empty(H, dtype=dtype)
+    top, norm = np.empty(H, dtype=dtype), np.empty(H, dtype=dtype)
     lse = np.empty(H, dtype=dtype)
     pooled = np.empty((H, d), dtype=dtype)
     dp = np.empty((H, d), dtype=dtype)
@@ -63,7 +65,7 @@ def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, s
         a = S[:L]
         np.dot(xt, qT.T, a)
         _add_positions(a, L, slope, code)
-        _softmax_columns(a, L, lse, bits, top, norm_)
+        _softmax_columns(a, L, lse, bits, top, norm)
         np.dot(a.T, xt, pooled)
         _head_values(pooled, Vt, zh)
         # the probe's logits (heads summed in order, then the bias) and their
@@ -81,15 +83,15 @@ def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, s
             for j in range(d):
                 dp[h, j] = 0
             for k in range(C):
-                g = gz[k]
+                gk = gz[k]
                 for j in range(d):
-                    dp[h, j] += g * Vt[h, k, j]
-                    dV[h, k, j] += g * pooled[h, j]
+                    dp[h, j] += gk * Vt[h, k, j]
+                    dV[h, k, j] += gk * pooled[h, j]
         # backward, the activations still in cache
         b = dA[:L]
         g = G[:L]
         np.dot(xt, dp.T, b)
-        _dlogits(a, b, g, c, norm_)
+        _dlogits(a, b, g, c, norm)
         if code:
             p0, step = _position_line(L, code)
             for h in range(H):
