@@ -159,6 +159,20 @@ def _head_values(pooled, Vt, zh):
 
 
 @njit(**_OPTS)
+def pool_text(xt, qT, slope, code, a, lse, pooled, bits, top, total):
+    """One text's forward, ``xt`` its ``(L, d)`` real tokens: the logits as one
+    ``(L, d) @ (d, H)`` BLAS call into ``a (L, H)``, the softmax down its
+    columns (``a`` then holds the weights, ``lse (H,)`` their log-sum-exp) and
+    the pooled states as one ``(H, L) @ (L, d)`` call into ``pooled (H, d)``.
+    ``bits``, ``top`` and ``total`` are scratch (see :func:`_softmax_columns`)."""
+    L = xt.shape[0]
+    np.dot(xt, qT.T, a)
+    _add_positions(a, L, slope, code)
+    _softmax_columns(a, L, lse, bits, top, total)
+    np.dot(a.T, xt, pooled)
+
+
+@njit(**_OPTS)
 def _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights, Vt, zh, i,
                   wide, S, bits, top, total):
     """Text ``i``, token-major: logits ``(L, H)`` as one ``(L, d) @ (d, H)``
@@ -169,10 +183,7 @@ def _forward_text(xf, xh, lengths, kind, qT, slope, code, pooled, lse, weights, 
     L = lengths[i]
     xt = _text(xf, xh, i, L, kind, wide)[:L]
     a = weights[i, :L] if weights.shape[0] else S[:L]
-    np.dot(xt, qT.T, a)
-    _add_positions(a, L, slope, code)
-    _softmax_columns(a, L, lse[i], bits, top, total)
-    np.dot(a.T, xt, pooled[i])
+    pool_text(xt, qT, slope, code, a, lse[i], pooled[i], bits, top, total)
     if Vt.shape[0]:
         _head_values(pooled[i], Vt, zh[i])
 
@@ -301,15 +312,24 @@ def _backward_chunk(xf, xh, lengths, kind, qT, slope, code, pooled, lse, dpooled
             _add_positions(g, L, slope, code)
             _exp_row(g.reshape(L * H), L * H, bits)
             _dlogits(g, b, g, c, norm)
-        if code:
-            p0, step = _position_line(L, code)
-            for h in range(H):
-                s = acc(0)
-                for t in range(L):
-                    s += g[t, h] * acc(p0 + step * t)
-                dslope[h] += s
-        np.dot(g.T, xt, part)
-        dq += part
+        query_grads(xt, g, code, dslope, dq, part)
+
+
+@njit(**_OPTS)
+def query_grads(xt, g, code, dslope, dq, part):
+    """Add one text's ``dslope_h += sum_t g_th p_t`` and ``dQ^T += g^T x``
+    (``part (H, d)`` scratch), ``g (L, H)`` its logits' gradient."""
+    L, H = g.shape
+    acc = g.dtype.type
+    if code:
+        p0, step = _position_line(L, code)
+        for h in range(H):
+            s = acc(0)
+            for t in range(L):
+                s += g[t, h] * acc(p0 + step * t)
+            dslope[h] += s
+    np.dot(g.T, xt, part)
+    dq += part
 
 
 @njit(**_OPTS)

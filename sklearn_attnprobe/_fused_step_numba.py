@@ -23,12 +23,12 @@ from numba import njit, prange
 
 from ._fused_numba import (
     _OPTS,
-    _add_positions,
     _dlogits,
     _head_values,
-    _position_line,
-    _softmax_columns,
     _text,
+    _value_grads,
+    pool_text,
+    query_grads,
     row_loss_grad,
 )
 
@@ -42,7 +42,6 @@ def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, s
     T, d = (xh.shape[1], xh.shape[2]) if kind else (xf.shape[1], xf.shape[2])
     H, C = Vt.shape[0], Vt.shape[1]
     dtype = qT.dtype
-    acc = dtype.type
     wide = np.empty((T if kind else 0, d), dtype=dtype)
     S = np.empty((T, H), dtype=dtype)
     G = np.empty((T, H), dtype=dtype)
@@ -54,6 +53,7 @@ def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, s
     dp = np.empty((H, d), dtype=dtype)
     part = np.empty((H, d), dtype=dtype)
     zh = np.empty((H, C), dtype=dtype)
+    dzh = np.empty((H, C), dtype=dtype)
     z = np.empty(C, dtype=dtype)
     gz = np.empty(C, dtype=dtype)
     c = np.empty(H, dtype=dtype)
@@ -63,10 +63,7 @@ def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, s
         xt = _text(xf, xh, i, L, kind, wide)[:L]
         # forward: logits, softmax down the columns, pooled states, head logits
         a = S[:L]
-        np.dot(xt, qT.T, a)
-        _add_positions(a, L, slope, code)
-        _softmax_columns(a, L, lse, bits, top, norm)
-        np.dot(a.T, xt, pooled)
+        pool_text(xt, qT, slope, code, a, lse, pooled, bits, top, norm)
         _head_values(pooled, Vt, zh)
         # the probe's logits (heads summed in order, then the bias) and their
         # gradient, as the two-pass path forms them over the whole batch
@@ -78,29 +75,16 @@ def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, s
         loss += row_loss_grad(z, y[i], w[i], w[i] / total, gz)
         for k in range(C):
             dbias[k] += gz[k]
-        # every head's class logits get that gradient: dpooled and dV
-        for h in range(H):
-            for j in range(d):
-                dp[h, j] = 0
-            for k in range(C):
-                gk = gz[k]
-                for j in range(d):
-                    dp[h, j] += gk * Vt[h, k, j]
-                    dV[h, k, j] += gk * pooled[h, j]
+            # every head's class logits get that gradient
+            for h in range(H):
+                dzh[h, k] = gz[k]
+        _value_grads(pooled, Vt, dzh, dp, dV)  # dpooled and dV
         # backward, the activations still in cache
         b = dA[:L]
         g = G[:L]
         np.dot(xt, dp.T, b)
         _dlogits(a, b, g, c, norm)
-        if code:
-            p0, step = _position_line(L, code)
-            for h in range(H):
-                s = acc(0)
-                for t in range(L):
-                    s += g[t, h] * acc(p0 + step * t)
-                dslope[h] += s
-        np.dot(g.T, xt, part)
-        dq += part
+        query_grads(xt, g, code, dslope, dq, part)
     return loss
 
 

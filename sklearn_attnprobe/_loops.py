@@ -176,9 +176,7 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
             epoch_loss = np.atleast_1d((total / seen).double().cpu().numpy())
             rows = models.active if stacked else np.arange(1)
             if stacked:
-                curve = np.full(n_models, np.nan)
-                curve[rows] = epoch_loss
-                loss_curve.append(curve)
+                loss_curve.append(_all_models(n_models, rows, epoch_loss))
             else:
                 loss_curve.append(float(epoch_loss[0]))
             monitored = epoch_loss
@@ -192,9 +190,7 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
             if held_rule is not None:
                 with torch.no_grad():
                     held = np.asarray(held_out(module, rows), dtype=np.float64)
-                curve = np.full(n_models, np.nan)
-                curve[rows] = held
-                held_out_curve.append(curve)
+                held_out_curve.append(_all_models(n_models, rows, held))
                 _, overfit = held_rule.update(held, rows)
                 held_out_stops[rows[overfit & ~stopped]] = True
                 stopped = stopped | overfit
@@ -223,6 +219,14 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
     return FitResult(n_iter=n_iter, loss_curve=loss_curve, converged=converged,
                      validation_scores=val_scores, best_validation_score=best_val,
                      held_out_stops=held_out_stops, held_out_curve=held_out_curve)
+
+
+def _all_models(n_models, rows, values):
+    """``(n_models,)``: ``values`` of the working models ``rows``, NaN for
+    the models that have stopped (one epoch's entry of a stack's curve)."""
+    curve = np.full(n_models, np.nan)
+    curve[rows] = values
+    return curve
 
 
 def _accuracy(logits, y, w):

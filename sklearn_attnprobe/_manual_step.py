@@ -82,7 +82,7 @@ class _ManualObjective:
             return None
         query = m.query.detach().numpy()
         value = m.value.detach().numpy()
-        H, d, C = value.shape
+        H = value.shape[0]
         dtype = value.dtype
         qT = np.ascontiguousarray(query.T)
         slope = (m.slope.detach().numpy() if self.code
