@@ -160,7 +160,7 @@ def backward_arrays(arrays, qT, slope, code, pooled, lse, dpooled, weights=None,
     return dq.sum(0), ds.sum(0), (dV.sum(0) if Vt.shape[0] else None)
 
 
-def step_arrays(arrays, qT, slope, code, Vt, bias, y, w, total):
+def step_arrays(arrays, qT, slope, code, Vt, bias, y, w, total, entropy=0.0):
     """A single probe's training step over a block given as :func:`_arrays`
     (:mod:`._fused_step_numba`): ``(sum_i w_i loss_i, dQ^T (H, d), dslope
     (H,), dV (H, C, d), dbias (C,))``, the gradients those of the batch's
@@ -175,7 +175,8 @@ def step_arrays(arrays, qT, slope, code, Vt, bias, y, w, total):
     dV = np.empty((n, *Vt.shape), dtype=dtype)
     db = np.empty((n, Vt.shape[1]), dtype=dtype)
     loss = np.empty(n, dtype=np.float64)
-    run(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, dq, ds, dV, db, loss)
+    run(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, entropy, dq, ds, dV, db,
+        loss)
     return float(loss.sum()), dq.sum(0), ds.sum(0), dV.sum(0), db.sum(0)
 
 

@@ -34,11 +34,13 @@ from ._fused_numba import (
 
 
 @njit(**_OPTS)
-def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, start, stop,
-                dq, dslope, dV, dbias):
+def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, ent, start,
+                stop, dq, dslope, dV, dbias):
     """Texts ``start:stop``: their summed ``w_i loss_i`` (float64, returned)
     and, added into ``dq (H, d)``, ``dslope (H,)``, ``dV (H, C, d)`` and
-    ``dbias (C,)``, the gradients of the weighted mean loss."""
+    ``dbias (C,)``, the gradients of the weighted mean loss. ``ent`` > 0 adds
+    ``ent`` times each text's mean attention entropy over the heads to its
+    loss (:func:`_entropy_grad`; the candidates benchmark's hook, 0 in fits)."""
     T, d = (xh.shape[1], xh.shape[2]) if kind else (xf.shape[1], xf.shape[2])
     H, C = Vt.shape[0], Vt.shape[1]
     dtype = qT.dtype
@@ -83,13 +85,33 @@ def _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, s
         b = dA[:L]
         g = G[:L]
         np.dot(xt, dp.T, b)
+        if ent != 0:
+            loss += _entropy_grad(a, b, ent * w[i] / H, ent * w[i] / (H * total))
         _dlogits(a, b, g, c, norm)
         query_grads(xt, g, code, dslope, dq, part)
     return loss
 
 
+@njit(**_OPTS)
+def _entropy_grad(a, b, value_scale, grad_scale):
+    """The attention-entropy penalty of one text: returns ``value_scale *
+    sum_h H_h`` (``H_h = -sum_t a_th log a_th``) and adds its gradient with
+    respect to the weights, ``-grad_scale * log a_th`` (the softmax Jacobian
+    drops the constant), into ``b = dA``. Weights that underflowed to zero
+    count with ``log`` of the smallest normal, so their ``a * log a`` is 0."""
+    L, H = a.shape
+    tiny = np.finfo(a.dtype).tiny
+    total = 0.0
+    for t in range(L):
+        for h in range(H):
+            la = np.log(max(a[t, h], tiny))
+            total -= a[t, h] * la
+            b[t, h] -= grad_scale * la
+    return value_scale * total
+
+
 @njit(parallel=True, **_OPTS)
-def step(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, dq_parts,
+def step(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, ent, dq_parts,
          dslope_parts, dV_parts, dbias_parts, loss_parts):
     """:func:`_step_chunk` over a block's texts in ``dq_parts.shape[0]``
     chunks run in parallel; per-chunk sums (zeroed here)."""
@@ -102,13 +124,13 @@ def step(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, dq_parts
         dV_parts[ch] = 0
         dbias_parts[ch] = 0
         loss_parts[ch] = _step_chunk(
-            xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, ch * per,
+            xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, ent, ch * per,
             min(k, (ch + 1) * per), dq_parts[ch], dslope_parts[ch], dV_parts[ch],
             dbias_parts[ch])
 
 
 @njit(**_OPTS)
-def step_serial(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, dq_parts,
+def step_serial(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, ent, dq_parts,
                 dslope_parts, dV_parts, dbias_parts, loss_parts):
     """:func:`step` on the calling thread, one chunk."""
     dq_parts[0] = 0
@@ -116,5 +138,5 @@ def step_serial(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w, total, d
     dV_parts[0] = 0
     dbias_parts[0] = 0
     loss_parts[0] = _step_chunk(xf, xh, lengths, kind, qT, slope, code, Vt, bias, y, w,
-                                total, 0, lengths.shape[0], dq_parts[0], dslope_parts[0],
+                                total, ent, 0, lengths.shape[0], dq_parts[0], dslope_parts[0],
                                 dV_parts[0], dbias_parts[0])

@@ -59,6 +59,12 @@ class _ManualObjective:
     """The penalised objective of one module (decays fixed at construction),
     evaluated batch by batch with its gradients; see the module doc."""
 
+    # A penalty on the attention's entropy, ``entropy_penalty * sum_i w_i
+    # mean_h H_ih / sum_i w_i`` with ``H_ih = -sum_t a_th log a_th``: a
+    # research hook that issue 14's candidates benchmark sets on this class
+    # (benchmarks/study/candidates_refit.py); no estimator parameter reaches it.
+    entropy_penalty = 0.0
+
     def __init__(self, module, weight_decay, backend):
         self.module = module
         self.backend = backend
@@ -119,7 +125,7 @@ class _ManualObjective:
             k = len(block)
             part, dq, ds, dv, db = self.backend.step_arrays(
                 self.backend.block_arrays(block), qT, slope, self.code, Vt, bias,
-                y[row:row + k], w[row:row + k], total)
+                y[row:row + k], w[row:row + k], total, self.entropy_penalty)
             loss += part
             d_query_t += dq
             d_slope += ds

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sklearn_attnprobe import AttentionProbeClassifier, RaggedArray
-from sklearn_attnprobe import _loops
+from sklearn_attnprobe import _loops, _manual_step
 from sklearn_attnprobe._manual_step import manual_objective
 from sklearn_attnprobe._modules import AttentionProbeModule, StackedAttentionProbeModule
 from sklearn_attnprobe._packing import pack
@@ -167,3 +167,47 @@ def test_loss_gradient_stays_finite_at_extreme_logits(n_outputs):
     assert np.isfinite(loss) and np.isfinite(grad).all()
     np.testing.assert_allclose(loss, float(expected.detach()), rtol=1e-12)
     np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("position, n_outputs", [("last", 3), (None, 1)])
+def test_entropy_penalty_hook_matches_its_definition(monkeypatch, position, n_outputs):
+    # the candidates benchmark's hook: objective + lam * weighted mean over
+    # texts of the heads' mean attention entropy, gradients to match
+    module, batch, y, w = _problem(np.float64, n_outputs, position)
+    lam = 0.37
+    entropy = []  # per text (in the batch's order), the heads' mean entropy
+    with torch.no_grad():
+        for block in batch.blocks:
+            weights = module.pool_block(block)[1]  # (k, H, T), zero on padding
+            a = weights.clamp_min(torch.finfo(weights.dtype).tiny)
+            entropy.append(-(weights * a.log()).sum(-1).mean(-1))
+    entropy = torch.cat(entropy)
+    expected_penalty = float((w * entropy).sum() / w.sum())
+
+    def evaluate():
+        manual = manual_objective(module, 0.1)
+        with manual.blas_context():
+            value = float(manual(batch, y, w))
+        return value, {n: p.grad.clone() for n, p in module.named_parameters()
+                       if p.grad is not None}
+
+    base, _ = evaluate()
+    monkeypatch.setattr(_manual_step._ManualObjective, "entropy_penalty", lam)
+    value, grads = evaluate()
+    np.testing.assert_allclose(value - base, lam * expected_penalty, rtol=1e-10)
+    # central differences of the penalised objective
+    eps = 1e-6
+    rng = np.random.default_rng(1)
+    for name, p in module.named_parameters():
+        if name not in grads:
+            continue
+        flat = p.data.view(-1)
+        for j in rng.choice(flat.numel(), min(4, flat.numel()), replace=False):
+            old = float(flat[j])
+            flat[j] = old + eps
+            plus, _ = evaluate()
+            flat[j] = old - eps
+            minus, _ = evaluate()
+            flat[j] = old
+            np.testing.assert_allclose(float(grads[name].view(-1)[j]),
+                                       (plus - minus) / (2 * eps), rtol=1e-5, atol=1e-8)

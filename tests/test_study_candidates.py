@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("benchmarks.study.candidates",
                     reason="run the tests from the repository root")
-from benchmarks.study import candidates  # noqa: E402
+from benchmarks.study import candidates, candidates_refit  # noqa: E402
 
 from sklearn_attnprobe import (  # noqa: E402
     AttentionProbeClassifier,
@@ -90,3 +90,53 @@ def test_defaults_table_has_a_column_per_task(tmp_path):
     assert [c.strip() for c in header.strip("|").split("|")][2:] == [t[0] for t in TASKS]
     assert [c.strip() for c in row.strip("|").split("|")][2:] == [
         f"{0.5 + k / 100:.3f} (1.0 s)" for k in range(len(TASKS))]
+
+
+def _fit_in(variant, data, **params):
+    X, y = data
+    calls = []
+    with candidates_refit.refit_variant(variant, calls):
+        probe = AttentionProbeClassifier(n_heads=3, random_state=0, **params).fit(X, y)
+    return probe, calls
+
+
+def test_tied_values_keep_the_heads_equal(data):
+    probe, calls = _fit_in("tied-values", data, max_iter=30, n_iter_no_change=None)
+    values = probe.module_.value.detach()
+    assert calls  # the CPU step ran, where the gradients are tied
+    np.testing.assert_array_equal(values[0], values[1])
+    np.testing.assert_array_equal(values[0], values[2])
+    untied, _ = _fit_in("baseline", data, max_iter=30, n_iter_no_change=None)
+    assert not torch.equal(untied.module_.value[0], untied.module_.value[1])
+
+
+def test_entropy_variant_sharpens_the_attention_and_is_undone(data):
+    X, _ = data
+    base, _ = _fit_in("baseline", data, max_iter=60, n_iter_no_change=None)
+    sharp, calls = _fit_in("entropy-1.0", data, max_iter=60, n_iter_no_change=None)
+    assert calls
+    assert sharp.attention_entropy(X).entropy.mean() < base.attention_entropy(X).entropy.mean()
+    from sklearn_attnprobe._manual_step import _ManualObjective
+    assert _ManualObjective.entropy_penalty == 0.0
+
+
+def test_warmup_and_burnin_change_only_the_start(data):
+    from sklearn_attnprobe._adamw import AdamW
+    from sklearn_attnprobe._loops import StoppingRule
+    step, update = AdamW.step, StoppingRule.update
+    base, _ = _fit_in("baseline", data, max_iter=40, n_iter_no_change=None)
+    warm, _ = _fit_in("warmup-20", data, max_iter=40, n_iter_no_change=None)
+    # the same first objective (step 0 precedes any update), different after
+    assert warm.loss_curve_[0] == base.loss_curve_[0]
+    assert warm.loss_curve_[5] != base.loss_curve_[5]
+    # a rule that would stop at once (patience 0, tol huge) waits out the burn-in
+    early, _ = _fit_in("baseline", data, max_iter=100, tol=1e3, n_iter_no_change=1)
+    late, _ = _fit_in("burnin-20", data, max_iter=100, tol=1e3, n_iter_no_change=1)
+    assert early.n_iter_ == 3 and late.n_iter_ == 22
+    assert (AdamW.step, StoppingRule.update) == (step, update)
+
+
+def test_unknown_refit_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown refit variant"):
+        with candidates_refit.refit_variant("bigger-model", []):
+            pass

@@ -32,6 +32,8 @@ and the fit time::
 ``--scope control`` runs the tasks whose evidence is the whole text, at each
 run's middle layer (every layer with ``--all-layers``), to check that a
 candidate costs nothing there.
+
+``--refit`` screens changes of the refit instead (:mod:`.candidates_refit`).
 """
 
 import argparse
@@ -46,6 +48,12 @@ N_HEADS = 8
 
 
 # -- the candidates: patches active while one probe is fitted -----------------------------
+def _restore(undo):
+    """Undo ``(object, attribute, original value)`` patches, last first."""
+    for obj, attr, value in reversed(undo):
+        setattr(obj, attr, value)
+
+
 def _patched_init(cls, after):
     original = cls.__init__
 
@@ -98,6 +106,27 @@ def candidate(name, mean_probe=None):
             setattr(obj, attr, value)
 
 
+def _result_row(job, name, probe, X, X_test, wd, seconds, **extra):
+    """Test accuracy, evidence recall (needle tasks) and per-text correctness."""
+    from .evidence import evidence_recall, summarise_recall
+
+    test, y = job["test"], job["y"]
+    pred = probe.predict(X_test)
+    row = {k: job[k] for k in ("model", "task", "layer")}
+    row.update(candidate=name, test_accuracy=round(float(np.mean(pred == y[test])), 4),
+               best_weight_decay=wd, fit_seconds=round(seconds, 1), n_test=len(test),
+               **extra)
+    evidence = job.get("evidence")
+    if evidence is not None:
+        has = np.array([len(evidence[i]) > 0 for i in test])
+        recall = evidence_recall(probe.attention_weights(X[test[has]]),
+                                 [evidence[i] for i in test[has]])
+        mean_head, best, _ = summarise_recall(recall)
+        row.update(recall_mean_head=round(mean_head, 4), recall_best_head=round(best, 4))
+    row["correct"] = "".join("1" if p == t else "0" for p, t in zip(pred, y[test]))
+    return row
+
+
 # -- one fit -------------------------------------------------------------------------------
 def run_job(job):
     """Fit one candidate on one (task, layer); a dict of results."""
@@ -105,7 +134,6 @@ def run_job(job):
 
     from sklearn_attnprobe import AttentionProbeClassifierCV, MeanProbeClassifierCV, RaggedArray
 
-    from .evidence import evidence_recall, summarise_recall
     from .protocol import WEIGHT_DECAYS
 
     torch.set_num_threads(1)
@@ -124,20 +152,8 @@ def run_job(job):
     with candidate(job["candidate"], mean_probe):
         probe.fit(X_train, y[train])
         seconds = time.perf_counter() - start
-        pred = probe.predict(X_test)
-        row = {k: job[k] for k in ("model", "task", "layer", "candidate")}
-        row.update(test_accuracy=round(float(np.mean(pred == y[test])), 4),
-                   best_weight_decay=probe.best_params_["weight_decay"],
-                   fit_seconds=round(seconds, 1), n_test=len(test))
-        evidence = job.get("evidence")
-        if evidence is not None:
-            has = np.array([len(evidence[i]) > 0 for i in test])
-            weights = probe.attention_weights(X[test[has]])
-            recall = evidence_recall(weights, [evidence[i] for i in test[has]])
-            mean_head, best, _ = summarise_recall(recall)
-            row.update(recall_mean_head=round(mean_head, 4), recall_best_head=round(best, 4))
-    row["correct"] = "".join("1" if p == t else "0" for p, t in zip(pred, y[test]))
-    return row
+        return _result_row(job, job["candidate"], probe, X, X_test,
+                           probe.best_params_["weight_decay"], seconds)
 
 
 # -- the jobs of a finished study run ------------------------------------------------------
@@ -212,10 +228,21 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/candidates"))
     p.add_argument("--all-layers", action="store_true",
                    help="control scope: every layer of the run, not only the middle one")
+    p.add_argument("--refit", action="store_true",
+                   help="screen the refit variants (candidates_refit) instead")
     p.add_argument("--n-jobs", type=int, default=2)
     args = p.parse_args(argv)
     if args.scope != "planted" and not args.run:
         p.error(f"--scope {args.scope} needs at least one --run")
+    if args.refit:
+        from .candidates_refit import planted_refit_jobs, run_refit_job
+
+        if args.scope == "planted":
+            jobs = planted_refit_jobs(args.out / "planted_data")
+        else:
+            jobs = [j for run in args.run
+                    for j in jobs_of_run(run, args.scope, ["baseline"], args.all_layers)]
+        return _run_all(jobs, run_refit_job, args, f"{args.scope}_refit.csv")
     if args.scope == "planted":
         return _run_all(planted_jobs(), run_planted, args)
     jobs = [j for run in args.run
@@ -223,7 +250,7 @@ def main(argv=None):
     return _run_all(jobs, run_job, args)
 
 
-def _run_all(jobs, func, args):
+def _run_all(jobs, func, args, name=None):
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
@@ -231,12 +258,13 @@ def _run_all(jobs, func, args):
 
     jobs.sort(key=lambda j: -j["cost"])
     rows = []
-    out_csv = args.out / f"{args.scope}.csv"
+    out_csv = args.out / (name or f"{args.scope}.csv")
     args.out.mkdir(parents=True, exist_ok=True)
     runner = Parallel(n_jobs=args.n_jobs, return_as="generator_unordered")
     with tqdm(total=len(jobs), desc=f"candidates ({args.scope})") as bar:
-        for row in runner(delayed(func)(j) for j in jobs):
-            rows.append(row)
+        for out in runner(delayed(func)(j) for j in jobs):
+            row = out[0] if isinstance(out, list) else out
+            rows += out if isinstance(out, list) else [out]
             bar.update(1)
             bar.set_postfix_str(f"{row['task']} {row['candidate']} "
                                 f"{row['test_accuracy']:.3f}")

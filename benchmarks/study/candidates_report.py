@@ -171,6 +171,54 @@ def planted_markdown(rows):
     return head + "\n".join(lines) + "\n"
 
 
+REFIT_INTRO = (
+    "Refit variants (`candidates --refit`): per pair the study's cross-validation pass "
+    "for attn-8 picks the weight decay, then the 8-head probe is refitted on the "
+    "training texts once per variant; `baseline` is that refit unchanged (the "
+    "study's own attn-8 probe). Fit time: the CV pass plus the refit.\n\n")
+
+
+def planted_refit_markdown(rows):
+    """Test accuracy of each refit variant on the planted tasks."""
+    cands = list(dict.fromkeys(r["candidate"] for r in rows))
+    by = {(r["task"], r["candidate"]): r for r in rows}
+    head = ("### planted, refit variants\n\nThe planted tasks of "
+            "`benchmarks/choose_defaults.py` (1,000 training and 2,000 test texts; "
+            "the d 384 needle: 2,000 and 500), weight decay chosen by the CV pass: "
+            "test accuracy (AdamW steps)\n\n| task | weight decay | "
+            + " | ".join(cands) + " |\n|---|---|" + "---|" * len(cands) + "\n")
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        cells = [f"{float(by[task, c]['test_accuracy']):.3f} ({by[task, c]['n_iter']})"
+                 if (task, c) in by else "" for c in cands]
+        wd = float(by[task, cands[0]]["best_weight_decay"])
+        lines.append(f"| {task} | {wd:g} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _scope_section(rows, scope, refit, baseline, correct, studies):
+    """The summary and per-pair tables of one results file. Refit screens
+    carry their own baseline rows (the study's fit, refitted); the others
+    are compared with the study run's attn-8 rows."""
+    for r in rows:
+        r["layer"] = int(r["layer"])
+    keys = {(r["model"], r["task"], r["layer"]) for r in rows}
+    if not refit:
+        rows = [b for b in baseline if (b["model"], b["task"], b["layer"]) in keys] + rows
+    oracle = {}
+    if scope == "needle":
+        for run, model in studies:
+            tasks = {k[1] for k in keys if k[0] == model}
+            oracle.update({(model,) + k: v for k, v in
+                           oracle_correct(run, model, tasks).items()})
+    label = f"{scope}, refit variants" if refit else scope
+    cands = list(dict.fromkeys(r["candidate"] for r in rows))
+    return ((REFIT_INTRO if refit else "")
+            + summary_markdown(summarise(rows, correct, oracle), label) + "\n"
+            + f"Per pair ({label}): test accuracy / evidence recall (mean head)\n\n"
+            + pairs_markdown(rows, cands))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.study.candidates_report")
     p.add_argument("--run", type=Path, action="append", required=True)
@@ -192,28 +240,18 @@ def main(argv=None):
           "by test accuracy) is not entirely below zero; 'gap closed >= half' counts, "
           "among the pairs where the oracle leads the best pooled probe, those where the "
           "candidate closes at least half of that gap; recall is the evidence recall of the 8 heads.\n"]
-    for scope in ("needle", "control"):
-        path = args.results / f"{scope}.csv"
-        if not path.exists():
-            continue
-        rows = stats.read_csv(path)
-        for r in rows:
-            r["layer"] = int(r["layer"])
-        keys = {(r["model"], r["task"], r["layer"]) for r in rows}
-        rows = [b for b in baseline if (b["model"], b["task"], b["layer"]) in keys] + rows
-        oracle = {}
-        if scope == "needle":
-            for run, model in studies:
-                tasks = {k[1] for k in keys if k[0] == model}
-                oracle.update({(model,) + k: v for k, v in
-                               oracle_correct(run, model, tasks).items()})
-        md.append(summary_markdown(summarise(rows, correct, oracle), scope))
-        cands = list(dict.fromkeys(r["candidate"] for r in rows))
-        md.append(f"Per pair ({scope}): test accuracy / evidence recall (mean head)\n\n"
-                  + pairs_markdown(rows, cands))
+    for scope, refit in (("needle", False), ("control", False), ("needle", True),
+                         ("control", True)):
+        path = args.results / (f"{scope}_refit.csv" if refit else f"{scope}.csv")
+        if path.exists():
+            md.append(_scope_section(stats.read_csv(path), scope, refit, baseline, correct,
+                                     studies))
     planted = args.results / "planted.csv"
     if planted.exists():
         md.append(planted_markdown(stats.read_csv(planted)))
+    planted = args.results / "planted_refit.csv"
+    if planted.exists():
+        md.append(planted_refit_markdown(stats.read_csv(planted)))
     text = "\n".join(md)
     (args.results / "candidates.md").write_text(text)
     print(text)
