@@ -38,6 +38,7 @@ candidate costs nothing there.
 
 import argparse
 import contextlib
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,8 +103,7 @@ def candidate(name, mean_probe=None):
     try:
         yield
     finally:
-        for obj, attr, value in reversed(undo):
-            setattr(obj, attr, value)
+        _restore(undo)
 
 
 def _result_row(job, name, probe, X, X_test, wd, seconds, **extra):
@@ -237,12 +237,13 @@ def main(argv=None):
     if args.refit:
         from .candidates_refit import planted_refit_jobs, run_refit_job
 
-        if args.scope == "planted":
-            jobs = planted_refit_jobs(args.out / "planted_data")
-        else:
-            jobs = [j for run in args.run
-                    for j in jobs_of_run(run, args.scope, ["baseline"], args.all_layers)]
-        return _run_all(jobs, run_refit_job, args, f"{args.scope}_refit.csv")
+        name = f"{args.scope}_refit.csv"
+        if args.scope == "planted":  # the planted texts, written for the run only
+            with tempfile.TemporaryDirectory() as folder:
+                return _run_all(planted_refit_jobs(folder), run_refit_job, args, name)
+        jobs = [j for run in args.run
+                for j in jobs_of_run(run, args.scope, ["baseline"], args.all_layers)]
+        return _run_all(jobs, run_refit_job, args, name)
     if args.scope == "planted":
         return _run_all(planted_jobs(), run_planted, args)
     jobs = [j for run in args.run

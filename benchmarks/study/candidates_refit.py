@@ -77,7 +77,9 @@ def refit_variant(name, calls):
 
         def init(module, *args, **kwargs):
             original_init(module, *args, **kwargs)
-            with torch.no_grad():  # head 0's values for all, scaled to the sum's size
+            # head 0's values for all, over sqrt(H): the heads' sum then has the
+            # scale of H independent heads' sum
+            with torch.no_grad():
                 v = module.value
                 v.copy_(v[:1].expand_as(v) / np.sqrt(v.shape[0]))
 
