@@ -255,7 +255,12 @@ def _fit_step_floors(path):
     import torch
     from threadpoolctl import threadpool_limits
 
-    from benchmarks.bench_speed import read_bandwidth, thin_product_rate
+    from benchmarks.bench_speed import (
+        compute_floor,
+        read_bandwidth,
+        thin_product_rate,
+        two_read_roofline,
+    )
 
     z = np.load(path)
     tokens, d = z["data"].shape
@@ -269,8 +274,9 @@ def _fit_step_floors(path):
         torch.set_num_threads(threads)
     return {"tokens": int(tokens), "d_model": int(d), "read_bandwidth": bandwidth,
             "thin_product_fma_per_s": rate,
-            "compute_floor_ms": 1e3 * 4 * tokens * d * 8 / rate,
-            "roofline_ms": {dt: 1e3 * 2 * tokens * d * np.dtype(dt).itemsize / bandwidth
+            "compute_floor_ms": 1e3 * compute_floor(4, tokens, d, 8, rate),
+            "roofline_ms": {dt: 1e3 * two_read_roofline(tokens, d, np.dtype(dt).itemsize,
+                                                        bandwidth)
                             for dt in ("float16", "float32")}}
 
 

@@ -113,6 +113,18 @@ def thin_product_rate(d, n_heads, n_tokens=128, reps=2000):
     return reps * n_tokens * d * n_heads / min(_seconds(run) for _ in range(3))
 
 
+def two_read_roofline(tokens, d_model, itemsize, read_rate):
+    """Seconds to read the real tokens' bytes twice at ``read_rate`` (see
+    :func:`read_bandwidth`): the roofline of a training step."""
+    return 2.0 * tokens * d_model * itemsize / read_rate
+
+
+def compute_floor(products, tokens, d_model, n_heads, product_rate):
+    """Seconds for ``products`` per-token ``d_model x n_heads`` multiply-adds
+    at ``product_rate`` (see :func:`thin_product_rate`)."""
+    return products * tokens * d_model * n_heads / product_rate
+
+
 def _seconds(f):
     start = time.perf_counter()
     f()
@@ -256,23 +268,23 @@ def step_section(args, hw):
     flops = 2.0 * products * tokens * args.d_model * H
     # the same multiply-adds at the rate of the kernels' per-text products
     thin_rate = thin_product_rate(args.d_model, H)
-    compute_floor = products * tokens * args.d_model * H / thin_rate
+    floor = compute_floor(products, tokens, args.d_model, H, thin_rate)
     rows = []
     for name, input_dtype, compute in STEP_CONFIGS:
         # the bytes the fused operator reads: half-precision input is read as
         # it is, whatever the compute dtype
         itemsize = np.dtype(input_dtype).itemsize
-        roof = 2.0 * tokens * args.d_model * itemsize / bw
+        roof = two_read_roofline(tokens, args.d_model, itemsize, bw)
         row = {"config": name, "input_dtype": input_dtype, "compute_dtype": compute,
                "roofline_ms": 1e3 * roof, "direct_ms": 1e3 * t_direct,
-               "compute_floor_ms": 1e3 * compute_floor}
+               "compute_floor_ms": 1e3 * floor}
         for impl in runs:
             if name in times[impl]:
                 med = float(np.median(times[impl][name]))
                 row[f"{impl}_ms"] = 1e3 * med
                 row[f"{impl}_n"] = len(times[impl][name])
                 row[f"{impl}_fraction_of_roofline"] = roof / med
-                row[f"{impl}_fraction_of_compute_floor"] = compute_floor / med
+                row[f"{impl}_fraction_of_compute_floor"] = floor / med
         if "0.1.0_ms" in row:
             row["speedup_vs_0.1.0"] = row["0.1.0_ms"] / row["ours_ms"]
             best = min(v for k, v in [(n, float(np.median(t))) for n, t in
@@ -285,7 +297,7 @@ def step_section(args, hw):
     return {"n_texts": args.n_texts, "d_model": args.d_model, "tokens": tokens,
             "n_heads": H, "n_classes": C, "bandwidth_runs": bws, "bandwidth": bw,
             "fused_gflop_per_step": flops / 1e9, "direct_repeats": args.step_repeats,
-            "compute_floor_ms": 1e3 * compute_floor, "thin_product_fma_per_s": thin_rate,
+            "compute_floor_ms": 1e3 * floor, "thin_product_fma_per_s": thin_rate,
             "square_gemm_floor_ms": 1e3 * flops / hw["gemm_f32"],
             "versions": info, "rows": rows}
 

@@ -106,7 +106,7 @@ def candidate(name, mean_probe=None):
         _restore(undo)
 
 
-def _result_row(job, name, probe, X, X_test, wd, seconds, **extra):
+def _result_row(job, name, probe, X_test, wd, seconds, **extra):
     """Test accuracy, evidence recall (needle tasks) and per-text correctness."""
     from .evidence import evidence_recall, summarise_recall
 
@@ -119,7 +119,7 @@ def _result_row(job, name, probe, X, X_test, wd, seconds, **extra):
     evidence = job.get("evidence")
     if evidence is not None:
         has = np.array([len(evidence[i]) > 0 for i in test])
-        recall = evidence_recall(probe.attention_weights(X[test[has]]),
+        recall = evidence_recall(probe.attention_weights(X_test[has]),
                                  [evidence[i] for i in test[has]])
         mean_head, best, _ = summarise_recall(recall)
         row.update(recall_mean_head=round(mean_head, 4), recall_best_head=round(best, 4))
@@ -152,7 +152,7 @@ def run_job(job):
     with candidate(job["candidate"], mean_probe):
         probe.fit(X_train, y[train])
         seconds = time.perf_counter() - start
-        return _result_row(job, job["candidate"], probe, X, X_test,
+        return _result_row(job, job["candidate"], probe, X_test,
                            probe.best_params_["weight_decay"], seconds)
 
 

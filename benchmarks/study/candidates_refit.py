@@ -143,7 +143,7 @@ def run_refit_job(job):
         seconds = time.perf_counter() - start
         if name.startswith(("entropy", "tied")) and not calls:
             raise RuntimeError(f"{name}: the hooked CPU step did not run")
-        rows.append(_result_row(job, name, probe, X, X_test, wd, cv_seconds + seconds,
+        rows.append(_result_row(job, name, probe, X_test, wd, cv_seconds + seconds,
                                 n_iter=int(probe.n_iter_),
                                 final_objective=round(float(probe.loss_curve_[-1]), 5)))
     return rows
