@@ -28,11 +28,19 @@ import torch
 
 
 class AdamW:
-    """Adam with decoupled (here: no) weight decay over ``params``."""
+    """Adam with decoupled (here: no) weight decay over ``params``.
+
+    ``lr`` is one step size, or a sequence of them, one per parameter in the
+    order of ``params`` (kept when the stacked loop slices the parameters).
+    """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        self.lr, self.betas, self.eps = float(lr), betas, float(eps)
-        self.param_groups = [{"params": list(params)}]
+        params = list(params)
+        lrs = [lr] * len(params) if isinstance(lr, (int, float)) else list(lr)
+        if len(lrs) != len(params):
+            raise ValueError(f"{len(lrs)} step sizes for {len(params)} parameters")
+        self.lrs, self.betas, self.eps = [float(v) for v in lrs], betas, float(eps)
+        self.param_groups = [{"params": params}]
         self.state = defaultdict(dict)
         self._views = {}  # parameter -> numpy views for the CPU kernel
 
@@ -46,7 +54,7 @@ class AdamW:
     @torch.no_grad()
     def step(self):
         beta1, beta2 = self.betas
-        for p in self.param_groups[0]["params"]:
+        for p, lr in zip(self.param_groups[0]["params"], self.lrs):
             if p.grad is None:
                 continue
             state = self.state[p]
@@ -63,7 +71,7 @@ class AdamW:
                 kernel(p_flat, p.grad.detach().numpy().reshape(-1), m_flat, v_flat,
                        dtype(1 - beta1), dtype(beta2), dtype(1 - beta2),
                        dtype(math.sqrt(1 - beta2**t)), dtype(self.eps),
-                       dtype(-self.lr / (1 - beta1**t)))
+                       dtype(-lr / (1 - beta1**t)))
                 continue
             state["step"] += 1
             t = int(state["step"])
@@ -71,7 +79,7 @@ class AdamW:
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(self.eps)
-            p.addcdiv_(m, denom, value=-self.lr / (1 - beta1**t))
+            p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
     def _cpu_views(self, p, state):
         """``(step, p, exp_avg, exp_avg_sq, kernel)`` as numpy views for the

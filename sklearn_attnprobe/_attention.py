@@ -16,6 +16,7 @@ from ._modules import AttentionProbeModule
 from ._numerics import resolve_device
 from ._packing import PackedBatch, pack
 from ._streaming import iter_blocks
+from ._training import auto_learning_rate
 from ._validation import validate_ragged
 
 
@@ -82,8 +83,21 @@ class AttentionProbeClassifier(BaseProbe):
         AdamW (minibatches possible), or full-batch L-BFGS with a strong Wolfe
         line search (as the pooled probes and the reference implementation
         train).
-    learning_rate : float, default=1e-2
-        AdamW step size (unused by L-BFGS).
+    learning_rate : float or "auto", default=1e-2
+        AdamW step size (unused by L-BFGS), one for every parameter.
+        ``"auto"`` gives the query and the values
+        ``min(1e-2, 1 / mean_t ||x_t||_1)``, with the mean L1 norm of a token
+        taken over up to 256 training texts, and keeps ``1e-2`` for the
+        position slopes and the intercepts (which act on the logits
+        directly): one step then moves an average token's attention logit by
+        about one unit whatever ``d_model`` and the activations' scale, and a
+        fit on ``c * X`` follows the fit on ``X``. It equals ``1e-2`` up to
+        about 125 standardised features. On wider states a fixed ``1e-2``
+        can overshoot in the first steps and stop on an early oscillation;
+        measured on the study's real activations, ``"auto"`` settled those
+        fits (lower test log-loss, the same accuracy) at up to 2.1 times the
+        fit time, but found a slow planted needle less often. See
+        :ref:`training` ("When the objective oscillates") before choosing.
     max_iter : int, default=500
         Most AdamW steps, or L-BFGS iterations.
     tol : float, default=1e-4
@@ -142,6 +156,9 @@ class AttentionProbeClassifier(BaseProbe):
         Only when fitted on a 2-D DataFrame.
     module_ : AttentionProbeModule
         Fitted torch module (``query``, ``slope``, ``value``, ``bias``).
+    learning_rate_ : float
+        The AdamW step size of the query and the values (``learning_rate``,
+        with ``"auto"`` resolved).
     n_iter_ : int
         Optimizer steps (AdamW) or iterations (L-BFGS) taken.
     loss_curve_ : list of float
@@ -185,6 +202,8 @@ class AttentionProbeClassifier(BaseProbe):
     _parameter_constraints = {
         **BaseProbe._parameter_constraints,
         "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [*BaseProbe._parameter_constraints["learning_rate"],
+                          StrOptions({"auto"})],
         "position_bias": ["boolean"],
         "position": [StrOptions({"last", "first"}), Hidden(StrOptions({"deprecated"})), None],
         "query_weight_decay": [Interval(Real, 0, None, closed="left"), None],
@@ -257,6 +276,14 @@ class AttentionProbeClassifier(BaseProbe):
 
     def _configure_module(self, module):
         module.query_weight_decay = self.query_weight_decay
+
+    def _learning_rate(self, source):
+        if self.learning_rate != "auto":
+            self.learning_rate_ = float(self.learning_rate)
+            return self.learning_rate_
+        rates = auto_learning_rate(source)
+        self.learning_rate_ = rates["query"]
+        return rates
 
     def _stopping(self):
         fraction = self.validation_fraction if self.early_stopping else None

@@ -135,6 +135,10 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
     def _module_compatible(self, module):
         return True
 
+    def _learning_rate(self, source):
+        """The AdamW step size for a fit on ``source``."""
+        return self.learning_rate
+
     def _streams(self, source):
         """Train from ``source`` minibatch by minibatch (see ._streaming)?"""
         return should_stream(source, self.batch_size)
@@ -200,7 +204,7 @@ class BaseProbe(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         result = fit_module(
             module, train_set,
             solver=self._solver(),
-            learning_rate=self.learning_rate,
+            learning_rate=self._learning_rate(source),
             max_iter=self.max_iter,
             batch_size=self.batch_size,
             weight_decay=self.weight_decay,

@@ -79,8 +79,12 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         As in :class:`AttentionProbeClassifier`. With AdamW each model stops
         on its own and leaves the stacked step; L-BFGS minimises the sum of
         the models' objectives and stops when all have converged.
-    learning_rate : float, default=1e-2
-        AdamW step size, shared by all models.
+    learning_rate : float or "auto", default=1e-2
+        AdamW step size, shared by all models; ``"auto"`` as in
+        :class:`AttentionProbeClassifier`, computed once on all of X (a
+        ``GridSearchCV`` computes it on each fold's training texts: up to 1.1%
+        apart on the study's tasks, so pass a float where the two must match
+        exactly). The value used is ``learning_rate_``.
     max_iter : int, default=500
         Most AdamW steps (L-BFGS iterations) of the batched pass and of the
         refit.
@@ -138,6 +142,9 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         Seconds spent in the batched cross-validation pass.
     refit_time_ : float
         Seconds spent refitting the best candidate (None without refit).
+    learning_rate_ : float
+        The AdamW step size of the batched pass (and of the refit, which
+        resolves ``"auto"`` on the same texts).
     n_iter_ : ndarray of shape (n_splits, n_candidates)
         AdamW steps (L-BFGS iterations) each model took before it stopped;
         candidates as in ``cv_results_["params"]`` (one per weight decay
@@ -185,7 +192,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         "n_heads": [*AttentionProbeClassifier._parameter_constraints["n_heads"], "array-like"],
         **{k: AttentionProbeClassifier._parameter_constraints[k]
            for k in ("position_bias", "position", "query_weight_decay", "solver",
-                     "tol", "n_iter_no_change")},
+                     "learning_rate", "tol", "n_iter_no_change")},
         "held_out_stopping": [Interval(numbers.Integral, 1, None, closed="left"), None],
     }
 
@@ -279,11 +286,13 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
             watch = _HeldOutLoss(train_set, np.repeat(held_out, n_cand, axis=1),
                                  self.held_out_stopping)
         result = fit_module(
-            module, train_set, solver=self.solver, learning_rate=self.learning_rate,
+            module, train_set, solver=self.solver,
+            learning_rate=helper._learning_rate(source),
             max_iter=self.max_iter, batch_size=self.batch_size, weight_decay=decays,
             tol=self.tol, n_iter_no_change=self.n_iter_no_change,
             callbacks=self.callbacks, verbose=self.verbose,
             desc=f"{type(self).__name__} ({M} models)", held_out=watch)
+        self.learning_rate_ = helper.learning_rate_
         self.n_iter_ = result.n_iter.reshape(n_splits, n_cand)
         for name in ("held_out_stopped_", "held_out_loss_curve_"):
             if hasattr(self, name):

@@ -28,6 +28,7 @@ from ._training import (
     _lbfgs_options,
     has_penalty,
     objectives,
+    parameter_learning_rates,
     total_weight,
     weighted_log_loss,
 )
@@ -138,7 +139,7 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
     models = _StackedModels(module) if stacked else None
     train_set = copy.copy(train_set)  # its weight columns shrink with the models
     decay = weight_decay
-    optimizer = AdamW(module.parameters(), lr=learning_rate)
+    optimizer = AdamW(module.parameters(), lr=parameter_learning_rates(module, learning_rate))
     # a single probe on the numba backend: objective and gradients without
     # autograd (same values; see _manual_step)
     manual = None if stacked else manual_objective(module, decay)

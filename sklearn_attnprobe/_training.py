@@ -202,6 +202,50 @@ class ProbeNet(NeuralNet):
         return loss
 
 
+# "auto" step size: at most the step chosen on unit-scale planted tasks, and
+# smaller where tokens are large in L1 norm (wide models, unscaled states)
+AUTO_LEARNING_RATE_CAP = 1e-2
+ACTIVATION_WEIGHTS = ("query", "value")  # the parameters that multiply activations
+_AUTO_SAMPLE_TEXTS = 256
+
+
+def auto_learning_rate(source):
+    """AdamW step sizes of an attention probe on ``source``, by parameter name.
+
+    Adam's first steps move every parameter by about the step size, so one
+    step shifts a token's attention logit (``x_t @ q``) by up to
+    ``lr * ||x_t||_1``, and a class logit by as much through the values. The
+    query and the values therefore get ``min(1e-2, 1 / mean_t ||x_t||_1)``:
+    about one unit per step for an average token, whatever ``d_model`` and
+    the activations' scale. At a fixed ``1e-2`` the shift grows with both (4.5
+    units on standardised 576-wide states) and the objective overshoots and
+    oscillates in the first steps. The position slopes and the intercepts
+    act on the logits directly, not through the activations: they keep
+    ``1e-2``. The mean is taken over the tokens of up to 256 texts spread
+    evenly over ``source`` (no random draw, so a fit stays reproducible).
+    """
+    n = len(source)
+    rows = np.unique(np.linspace(0, n - 1, min(n, _AUTO_SAMPLE_TEXTS)).round().astype(np.int64))
+    total = tokens = 0
+    for i in rows.tolist():
+        text = np.asarray(source[i])
+        total += float(np.abs(text).sum(dtype=np.float64))
+        tokens += text.shape[0]
+    mean_l1 = total / tokens
+    weights = (min(AUTO_LEARNING_RATE_CAP, 1.0 / mean_l1) if mean_l1 > 0
+               else AUTO_LEARNING_RATE_CAP)  # all-zero activations: no scale
+    return {name: weights if name in ACTIVATION_WEIGHTS else AUTO_LEARNING_RATE_CAP
+            for name in ("query", "slope", "value", "bias")}
+
+
+def parameter_learning_rates(module, learning_rate):
+    """AdamW step sizes in the order of ``module.parameters()``: one float
+    for all, or a dict by parameter name (``auto_learning_rate``)."""
+    if isinstance(learning_rate, dict):
+        return [learning_rate[name] for name, _ in module.named_parameters()]
+    return float(learning_rate)
+
+
 @dataclass
 class FitResult:
     """What a training run leaves behind (the estimators copy it to attributes)."""
@@ -285,7 +329,12 @@ def _fit_with_skorch(module, train_set, solver, learning_rate, max_iter, bs,
                        **_lbfgs_options(max_iter, tol, prefix="optimizer__"), **common)
         train_set.steps_left = None
     else:
-        net = ProbeNet(optimizer=torch.optim.AdamW, lr=learning_rate,
+        groups = {}
+        if isinstance(learning_rate, dict):  # per parameter (auto_learning_rate)
+            groups["optimizer__param_groups"] = [(name, {"lr": lr})
+                                                 for name, lr in learning_rate.items()]
+            learning_rate = max(learning_rate.values())
+        net = ProbeNet(optimizer=torch.optim.AdamW, lr=learning_rate, **groups,
                        optimizer__weight_decay=0.0,
                        optimizer__fused=fused_adamw_supported(train_set.y.device),
                        max_epochs=math.ceil(max_iter / math.ceil(n / bs)), **common)

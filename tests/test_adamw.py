@@ -13,13 +13,13 @@ from sklearn_attnprobe._adamw import AdamW
 from sklearn_attnprobe._training import fused_adamw_supported
 
 
-def _run(optimizer_cls, dtype, steps=60, **kwargs):
+def _run(optimizer_cls, dtype, steps=60, lr=0.05, **kwargs):
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(7, 3, generator=gen, dtype=dtype)
     params = [torch.nn.Parameter(torch.randn(7, 3, generator=gen, dtype=dtype)),
               torch.nn.Parameter(torch.randn(3, generator=gen, dtype=dtype)),
               torch.nn.Parameter(torch.zeros(2, dtype=dtype))]  # never gets a gradient
-    opt = optimizer_cls(params, lr=0.05, **kwargs)
+    opt = optimizer_cls(params, lr=lr, **kwargs)
     losses = []
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
@@ -87,3 +87,23 @@ def test_plain_fits_do_not_import_torch_dynamo():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_step_size_per_parameter_matches_torch_param_groups():
+    lrs = [0.05, 0.01, 0.02]
+    ours, our_losses, opt = _run(AdamW, torch.float64, lr=lrs)
+    assert opt.lrs == lrs
+
+    def torch_groups(params, lr):
+        return torch.optim.AdamW([{"params": [p], "lr": v} for p, v in zip(params, lr)],
+                                 weight_decay=0.0, foreach=False)
+
+    ref, ref_losses, _ = _run(torch_groups, torch.float64, lr=lrs)
+    np.testing.assert_allclose(our_losses, ref_losses, rtol=1e-12)
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-12)
+    # and they differ from one step size for all
+    _, one_losses, _ = _run(AdamW, torch.float64, lr=0.05)
+    assert not np.allclose(one_losses, our_losses)
+    with pytest.raises(ValueError, match="2 step sizes for 3 parameters"):
+        AdamW(ours, lr=[0.1, 0.2])

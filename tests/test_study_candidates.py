@@ -140,3 +140,34 @@ def test_unknown_refit_variant_is_refused():
     with pytest.raises(ValueError, match="unknown refit variant"):
         with candidates_refit.refit_variant("bigger-model", []):
             pass
+
+
+def test_learning_rate_screen_rules_and_restore(tmp_path):
+    from benchmarks.study import learning_rate
+
+    from sklearn_attnprobe import _attention
+    from sklearn_attnprobe._training import auto_learning_rate
+
+    X, y = make_planted_task("needle", n_texts=60, d_model=300, random_state=0,
+                             return_ragged=True)
+    auto = auto_learning_rate(X)
+    assert learning_rate.learning_rate_of("fixed-1e-2", X) == 1e-2
+    assert learning_rate.learning_rate_of("auto", X) == "auto"
+    assert learning_rate.learning_rate_of("auto-values", X) == {**auto, "query": 1e-2}
+    X.save(tmp_path / "x.npz")
+    original = _attention.auto_learning_rate
+    rows = []
+    for rule in learning_rate.RULES:
+        job = {"model": "m", "task": "needle_x", "layer": 1, "path": str(tmp_path / "x.npz"),
+               "train": np.arange(40), "test": np.arange(40, 60), "y": np.asarray(y),
+               "rule": rule, "seed": 0, "weight_decay": 1e-2}
+        rows.append(learning_rate.run_job(job))
+        assert _attention.auto_learning_rate is original  # the patch is undone
+    by_rule = {r["candidate"]: r for r in rows}
+    assert by_rule["fixed-1e-2"]["value_learning_rate"] == 1e-2
+    assert by_rule["auto"]["query_learning_rate"] == pytest.approx(auto["query"], abs=1e-6)
+    assert by_rule["auto-values"]["query_learning_rate"] == 1e-2
+    assert by_rule["auto-values"]["value_learning_rate"] == pytest.approx(auto["value"],
+                                                                          abs=1e-6)
+    table = learning_rate.summary_markdown(rows).splitlines()
+    assert [line.split(" | ")[2] for line in table[2:]] == list(learning_rate.RULES)

@@ -329,3 +329,68 @@ def test_stack_of_mixed_head_counts_is_its_models(monkeypatch, counts, n_outputs
                                               dtype=torch.float64))[m]) == \
             pytest.approx(float(one.penalty(decay)))
         start += h
+
+
+# -- learning_rate="auto" ---------------------------------------------------------------
+def test_auto_learning_rate_is_one_over_a_tokens_mean_l1_norm():
+    from sklearn_attnprobe import RaggedArray
+    from sklearn_attnprobe._training import auto_learning_rate
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 30, size=600)
+    X = RaggedArray.from_list([rng.standard_normal((n, 300)) * 2 for n in lengths])
+    rates = auto_learning_rate(X)
+    # 256 texts spread evenly, every token of each counted once
+    rows = np.unique(np.linspace(0, len(X) - 1, 256).round().astype(int))
+    tokens = np.concatenate([X[i] for i in rows])
+    assert rates["query"] == rates["value"] == pytest.approx(
+        1 / np.abs(tokens).sum(axis=1).mean(), rel=1e-12)
+    assert rates["query"] < 1e-2 and rates["slope"] == rates["bias"] == 1e-2
+    # narrow unit-scale states keep the step the defaults were chosen with
+    small = RaggedArray.from_list([rng.standard_normal((5, 16)) for _ in range(10)])
+    assert auto_learning_rate(small) == dict.fromkeys(("query", "slope", "value", "bias"), 1e-2)
+    zeros = RaggedArray.from_list([np.zeros((3, 400))])
+    assert auto_learning_rate(zeros)["query"] == 1e-2
+
+
+def test_auto_learning_rate_makes_a_fit_indifferent_to_the_activations_scale(monkeypatch):
+    from sklearn_attnprobe import RaggedArray, _modules
+
+    # values start at zero here so that the starting point is scale-free too
+    # (random values give initial logits proportional to the scale)
+    init = _modules.init_values
+    monkeypatch.setattr(_modules, "init_values", lambda *args: init(*args) * 0)
+    X, y = make_planted_task("needle", n_texts=120, d_model=256, dtype=np.float64,
+                             random_state=0, return_ragged=True)
+    X10 = RaggedArray(np.asarray(X.data) * 10, starts=X.starts, lengths=X.lengths)
+    fits = {}
+    for lr in ("auto", 1e-2):
+        fits[lr] = [AttentionProbeClassifier(n_heads=2, learning_rate=lr, random_state=0)
+                    .fit(data, y) for data in (X, X10)]
+    one, ten = fits["auto"]
+    assert one.learning_rate_ == pytest.approx(10 * ten.learning_rate_)
+    assert one.learning_rate_ < 1e-2
+    assert one.n_iter_ == ten.n_iter_ > 20
+    np.testing.assert_allclose(one.predict_proba(X), ten.predict_proba(X10), atol=1e-4)
+    # a fixed step size takes ten times larger steps on the scaled copy
+    one, ten = fits[1e-2]
+    assert one.n_iter_ != ten.n_iter_
+    assert np.abs(one.predict_proba(X) - ten.predict_proba(X10)).max() > 1e-3
+
+
+def test_auto_learning_rate_on_the_skorch_path_and_in_the_cv_class():
+    X, y = make_planted_task("needle", n_texts=120, d_model=256, dtype=np.float64,
+                             random_state=0, return_ragged=True)
+    params = dict(n_heads=2, weight_decay=1e-2, learning_rate="auto", random_state=0)
+    plain = AttentionProbeClassifier(**params).fit(X, y)
+    driven = AttentionProbeClassifier(callbacks=[Callback()], **params).fit(X, y)
+    groups = {len(g["params"][0].shape): g["lr"] for g in driven.net_.optimizer_.param_groups}
+    assert plain.learning_rate_ < 1e-2
+    assert groups[2] == plain.learning_rate_  # query (d, heads)
+    assert groups[3] == plain.learning_rate_  # values (heads, d, outputs)
+    assert groups[1] == 1e-2  # slopes and intercepts
+    assert driven.n_iter_ == plain.n_iter_
+    np.testing.assert_allclose(driven.predict_proba(X), plain.predict_proba(X), atol=1e-10)
+    search = AttentionProbeClassifierCV(n_heads=2, weight_decays=[0.0, 1e-2], cv=3,
+                                        learning_rate="auto", random_state=0).fit(X, y)
+    assert search.learning_rate_ == search.best_estimator_.learning_rate_ == plain.learning_rate_

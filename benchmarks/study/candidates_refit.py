@@ -89,8 +89,8 @@ def refit_variant(name, calls):
 
         def step(self):
             self.warmup_steps = getattr(self, "warmup_steps", 0) + 1
-            self.base_lr = getattr(self, "base_lr", self.lr)
-            self.lr = self.base_lr * min(1.0, self.warmup_steps / int(arg))
+            self.base_lrs = getattr(self, "base_lrs", self.lrs)
+            self.lrs = [lr * min(1.0, self.warmup_steps / int(arg)) for lr in self.base_lrs]
             return original_step(self)
 
         patch(_adamw.AdamW, "step", step)
