@@ -218,8 +218,8 @@ def auto_learning_rate(source):
     query and the values therefore get ``min(1e-2, 1 / mean_t ||x_t||_1)``:
     about one unit per step for an average token, whatever ``d_model`` and
     the activations' scale. At a fixed ``1e-2`` the shift grows with both (4.5
-    units on standardised 576-wide states) and the objective overshoots and
-    oscillates in the first steps. The position slopes and the intercepts
+    units on standardised 576-wide states), and the objective can overshoot
+    and oscillate in the first steps. The position slopes and the intercepts
     act on the logits directly, not through the activations: they keep
     ``1e-2``. The mean is taken over the tokens of up to 256 texts spread
     evenly over ``source`` (no random draw, so a fit stays reproducible).
