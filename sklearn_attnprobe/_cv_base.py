@@ -94,6 +94,11 @@ class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         names = self._estimator_class._get_param_names()
         return {k: v for k, v in self.get_params(deep=False).items() if k in names}
 
+    def _refit_params(self, index):
+        """The stand-alone estimator's parameters that refit candidate
+        ``index`` (of ``cv_results_``) on all texts."""
+        return {**self._estimator_params(), **self.cv_results_["params"][index]}
+
     def _fold_weights(self, y, y_enc, sample_weight, splits):
         """``(n_texts, n_splits)``: sample x class weights on each training fold, 0 elsewhere."""
         n = len(y)
@@ -169,7 +174,7 @@ class _BaseProbeCV(ProbePersistenceMixin, ClassifierMixin, BaseEstimator):
         ])  # (n_splits, n_candidates)
         self._set_cv_results(grid, scores, fit_time)
         if self.refit:
-            est = self._estimator_class(**{**self._estimator_params(), **self.best_params_})
+            est = self._estimator_class(**self._refit_params(self.best_index_))
             start = time.perf_counter()
             self.best_estimator_ = est.fit(X, y, sample_weight=sample_weight)
             self.refit_time_ = time.perf_counter() - start

@@ -107,10 +107,14 @@ class StoppingRule:
 
     An epoch whose loss is not below ``best - tol`` counts as no improvement;
     a model stops after more than ``n_iter_no_change`` of them in a row.
+    With ``settle``, it stops then only if its loss is back within ``tol`` of
+    its best (or not finite): a loss that rose after its best (AdamW
+    overshooting, with the penalty growing faster than the data loss falls)
+    has not converged, and may fall far below that best if it goes on.
     """
 
-    def __init__(self, n_models, tol, n_iter_no_change):
-        self.tol, self.patience = tol, n_iter_no_change
+    def __init__(self, n_models, tol, n_iter_no_change, settle=False):
+        self.tol, self.patience, self.settle = tol, n_iter_no_change, settle
         self.best = np.full(n_models, np.inf)
         self.misses = np.zeros(n_models, dtype=np.int64)
 
@@ -119,9 +123,11 @@ class StoppingRule:
         and which have stopped."""
         improved = loss < self.best[rows] - self.tol
         self.misses[rows] = np.where(improved, 0, self.misses[rows] + 1)
-        self.best[rows] = np.minimum(self.best[rows], loss)
+        self.best[rows] = np.fmin(self.best[rows], loss)  # a NaN loss is no best
         stopped = (self.misses[rows] > self.patience) if self.patience is not None \
             else np.zeros(len(rows), dtype=bool)
+        if self.settle:
+            stopped &= (loss <= self.best[rows] + self.tol) | ~np.isfinite(loss)
         return improved, stopped
 
 
@@ -132,7 +138,9 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
     ``held_out``, for a stack: a callable ``(module, rows) -> losses`` giving
     each working model's loss on its own held-out texts after an epoch (rows:
     the models' original indices); a model also stops once that loss has not
-    fallen by ``tol`` for more than ``held_out.patience`` epochs in a row."""
+    fallen by ``tol`` for more than ``held_out.patience`` epochs in a row.
+    With ``held_out.settle`` the training rule waits for a risen objective
+    (:class:`StoppingRule`), overfitting being the held-out rule's to catch."""
     device = train_set.y.device
     stacked = getattr(module, "n_models", None) is not None
     n_models = module.n_models if stacked else 1
@@ -143,7 +151,8 @@ def adamw_loop(module, train_set, *, learning_rate, max_iter, batch_size, weight
     # a single probe on the numba backend: objective and gradients without
     # autograd (same values; see _manual_step)
     manual = None if stacked else manual_objective(module, decay)
-    rule = StoppingRule(n_models, tol, n_iter_no_change)
+    rule = StoppingRule(n_models, tol, n_iter_no_change,
+                        settle=held_out is not None and held_out.settle)
     held_rule = (StoppingRule(n_models, tol, held_out.patience) if held_out is not None
                  else None)
     held_out_stops = np.zeros(n_models, dtype=bool)

@@ -254,7 +254,8 @@ def test_held_out_loss_is_the_neg_log_loss_of_the_split(data, cv, weighted):
     assert not est.held_out_stopped_.any()  # 6 epochs, patience 10
     scores = np.array([est.cv_results_[f"split{k}_test_score"] for k in range(est.n_splits_)])
     np.testing.assert_allclose(curve[-1], -scores, rtol=1e-9)
-    # watching the held-out loss leaves the training itself untouched
+    # watching the held-out loss leaves the training itself untouched (in 6
+    # epochs neither rule can fire)
     plain = clone(est).set_params(held_out_stopping=None).fit(X, y, sample_weight=sw)
     for k in range(est.n_splits_):
         np.testing.assert_array_equal(plain.cv_results_[f"split{k}_test_score"],
@@ -297,10 +298,63 @@ def test_held_out_stopping_follows_its_rule_and_saves_steps(tmp_path):
     assert not hasattr(est, "held_out_stopped_") and not hasattr(est, "held_out_loss_curve_")
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("n_heads", [2, [1, 2]])
+def test_refit_steps_cv_refits_for_the_searched_steps(n_heads):
+    """``refit_steps="cv"``: the refit trains for the mean steps of the best
+    candidate's fold models, with no stopping rule: the stand-alone probe with
+    those settings, step for step. By default the refit is the plain one."""
+    rng = np.random.default_rng(1)
+    X = [rng.standard_normal((int(rng.integers(3, 12)), 64)) for _ in range(60)]
+    y = rng.integers(0, 2, 60)
+    params = dict(n_heads=n_heads, weight_decays=[0.0, 1e-3], cv=3, max_iter=300,
+                  random_state=0)
+    est = AttentionProbeClassifierCV(**params, held_out_stopping=5,
+                                     refit_steps="cv").fit(X, y)
+    steps = est.n_iter_[:, est.best_index_]
+    refit = est.best_estimator_
+    assert refit.max_iter == int(np.rint(steps.mean())) < 300
+    assert refit.n_iter_no_change is None and refit.n_iter_ == refit.max_iter
+    alone = AttentionProbeClassifier(
+        n_heads=est.best_params_.get("n_heads", n_heads),
+        weight_decay=est.best_params_["weight_decay"], max_iter=refit.max_iter,
+        n_iter_no_change=None, random_state=0).fit(X, y)
+    np.testing.assert_allclose(est.predict_proba(X), alone.predict_proba(X), atol=1e-6)
+    plain = clone(est).set_params(refit_steps="rule").fit(X, y)
+    assert plain.best_estimator_.max_iter == 300
+    assert plain.best_estimator_.n_iter_no_change == 10
+
+
+def test_refit_steps_cv_lets_the_training_rule_wait_for_its_best(monkeypatch, data):
+    """Only the batched pass of ``refit_steps="cv"`` uses the settling
+    training rule; the held-out rule, the other passes and stand-alone fits
+    keep scikit-learn's."""
+    from sklearn_attnprobe import _loops
+
+    made = []
+    init = _loops.StoppingRule.__init__
+
+    def record(self, n_models, tol, n_iter_no_change, settle=False):
+        made.append((n_iter_no_change, settle))
+        init(self, n_models, tol, n_iter_no_change, settle)
+
+    monkeypatch.setattr(_loops.StoppingRule, "__init__", record)
+    X, y = data
+    params = dict(cv=3, max_iter=4, refit=False, random_state=0)
+    AttentionProbeClassifierCV(**params, held_out_stopping=3, refit_steps="cv").fit(X, y)
+    AttentionProbeClassifierCV(**params, held_out_stopping=3).fit(X, y)
+    AttentionProbeClassifierCV(**params).fit(X, y)
+    AttentionProbeClassifier(max_iter=4).fit(X, y)
+    assert made == [(10, True), (3, False), (10, False), (3, False), (10, False),
+                    (10, False)]
+
+
 @pytest.mark.parametrize("params, match", [
     (dict(solver="lbfgs"), "solver='adamw'"),
     (dict(callbacks="timer"), "no callbacks"),
     (dict(held_out_stopping=0), "held_out_stopping"),
+    (dict(held_out_stopping=None, refit_steps="cv"), "refit_steps='cv' needs held_out"),
+    (dict(refit_steps="last"), "refit_steps"),
 ])
 def test_held_out_stopping_bad_settings(data, params, match):
     from skorch.callbacks import EpochTimer

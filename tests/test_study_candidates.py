@@ -171,3 +171,46 @@ def test_learning_rate_screen_rules_and_restore(tmp_path):
                                                                           abs=1e-6)
     table = learning_rate.summary_markdown(rows).splitlines()
     assert [line.split(" | ")[2] for line in table[2:]] == list(learning_rate.RULES)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_stopping_screen_rules_and_restore(tmp_path, monkeypatch):
+    """The refit-stopping screen: only ``settle`` fits with the settling
+    rule, and runs at least as long as ``rule``; ``best-iterate`` ends at the
+    ``rule`` fit's lowest objective; the settling patch is undone."""
+    from benchmarks.study import learning_rate, stopping
+
+    from sklearn_attnprobe import AttentionProbeClassifier
+    from sklearn_attnprobe._loops import StoppingRule
+
+    X, y = make_planted_task("needle", n_texts=60, d_model=32, random_state=0,
+                             return_ragged=True)
+    X.save(tmp_path / "x.npz")
+    settled = set()
+    update = StoppingRule.update
+
+    def spy(self, loss, rows):
+        settled.add(self.settle)
+        return update(self, loss, rows)
+
+    monkeypatch.setattr(StoppingRule, "update", spy)
+    init = StoppingRule.__init__
+    rows, flags = {}, {}
+    for rule in stopping.RULES:
+        job = {"model": "m", "task": "needle_x", "layer": 1, "path": str(tmp_path / "x.npz"),
+               "train": np.arange(40), "test": np.arange(40, 60), "y": np.asarray(y),
+               "rule": rule, "seed": 0, "weight_decay": 1e-2}
+        settled.clear()
+        rows[rule] = stopping.run_job(job)
+        flags[rule] = settled.copy()
+        assert StoppingRule.__init__ is init
+    assert flags == {"rule": {False}, "settle": {True}, "best-iterate": {False}}
+    plain = AttentionProbeClassifier(n_heads=8, weight_decay=1e-2, random_state=0)
+    plain.fit(X[np.arange(40)], np.asarray(y)[:40])
+    assert rows["rule"]["n_iter"] == plain.n_iter_
+    assert rows["settle"]["n_iter"] >= plain.n_iter_
+    curve = np.asarray(plain.loss_curve_)
+    assert rows["best-iterate"]["n_iter"] == int(np.argmin(curve)) + 1
+    assert rows["best-iterate"]["final_objective"] == pytest.approx(curve.min(), abs=1e-5)
+    table = learning_rate.summary_markdown(list(rows.values()), rules=stopping.RULES)
+    assert [line.split(" | ")[2] for line in table.splitlines()[2:]] == list(stopping.RULES)

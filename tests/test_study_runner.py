@@ -352,10 +352,12 @@ def test_scatter_figures_draw_interval_bars(tmp_path, monkeypatch):
     assert drawn == []
 
 
-def test_attention_search_stops_on_held_out_loss_and_refits_plainly():
-    # the study's one departure from the seed: its CV models also stop on
-    # their held-out loss; the refits are plain probes (no such parameter)
+def test_attention_search_stops_on_held_out_loss_and_refits_for_the_cv_steps():
+    # the study's two departures from the seed: its CV models also stop on
+    # their held-out loss, and the refits train for the steps the CV chose
+    # (plain probes with a step count: no such parameters of their own)
     search = study.make_search("attn-2")
     assert search.held_out_stopping == study.HELD_OUT_PATIENCE
-    assert "held_out_stopping" not in search._estimator_params()
+    assert search.refit_steps == "cv"
+    assert not {"held_out_stopping", "refit_steps"} & set(search._estimator_params())
     assert study.make_search("mean").get_params().get("held_out_stopping") is None

@@ -50,6 +50,27 @@ def test_adamw_stops_when_the_objective_stops_improving(needle):
     assert curve[n - p - 2] <= curve[: n - p - 2].min() - tol
 
 
+@pytest.mark.parametrize("settle", [False, True])
+def test_stopping_rule_waits_for_a_risen_loss_only_when_settling(settle):
+    """scikit-learn's rule stops a model whose loss rose after its best;
+    the settling rule waits until the loss is back within tol of that best
+    (or is not finite), and a new best resets both."""
+    from sklearn_attnprobe._loops import StoppingRule
+
+    def first_stop(losses):
+        rule = StoppingRule(1, 1e-3, 2, settle=settle)
+        for t, loss in enumerate(losses):
+            if rule.update(np.array([loss]), np.arange(1))[1][0]:
+                return t
+        return None
+
+    risen = [1.0, 0.5, 0.6, 0.7, 0.7, 0.6, 0.5004, 0.5002]
+    assert first_stop(risen) == (6 if settle else 4)
+    assert first_stop([1.0, 0.5, 0.6, 0.7, 0.4, 0.45, 0.45, 0.45]) == (None if settle else 7)
+    assert first_stop([1.0, 0.5, 0.5, 0.5, 0.5]) == 4
+    assert first_stop([1.0, 0.5, 0.6, np.nan, np.nan]) == 4  # a diverged fit stops
+
+
 def test_max_iter_first_warns_and_fixed_steps_do_not(needle):
     X, y = needle
     est = AttentionProbeClassifier(n_heads=2, max_iter=5, random_state=0)

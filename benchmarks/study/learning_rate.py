@@ -6,9 +6,8 @@ its ``results.csv``), once per step-size rule and seed, and records test
 accuracy, test log-loss, the steps taken, the final training objective and
 the fit time. The rules:
 
-- ``fixed-1e-2``: ``learning_rate=1e-2`` for every parameter (the default
-  before 0.2.0's ``"auto"``);
-- ``auto``: ``learning_rate="auto"``, the default: ``min(1e-2, 1 / mean
+- ``fixed-1e-2``: ``learning_rate=1e-2`` for every parameter (the default);
+- ``auto``: ``learning_rate="auto"``: ``min(1e-2, 1 / mean
   ||x_t||_1)`` for the query and the values, ``1e-2`` for the slopes and
   intercepts;
 - ``auto-values``: the ``auto`` step for the values only; ``1e-2`` for the
@@ -147,7 +146,9 @@ def planted_markdown(rows):
     return "\n".join(lines) + "\n"
 
 
-def jobs_of_runs(runs):
+def jobs_of_runs(runs, rules=RULES, seeds=SEEDS):
+    """A job per (task, layer) of the runs' screened pairs, rule and seed, at
+    the weight decay each run chose for attn-8."""
     from .candidates import jobs_of_run
 
     jobs = []
@@ -155,20 +156,20 @@ def jobs_of_runs(runs):
         chosen = _chosen_weight_decays(run)
         for scope in ("needle", "control"):
             for job in jobs_of_run(run, scope, ["baseline"]):
-                for rule in RULES:
-                    for seed in SEEDS:
+                for rule in rules:
+                    for seed in seeds:
                         jobs.append({**job, "rule": rule, "seed": seed,
                                      "weight_decay": chosen[(job["task"], job["layer"])]})
     return jobs
 
 
-def summary_markdown(rows):
+def summary_markdown(rows, rules=RULES):
     """Mean over (task, layer, seed) per model, scope and rule."""
     import pandas as pd
 
     d = pd.DataFrame(rows)
     d["scope"] = np.where(d.task.str.startswith("needle"), "needle", "whole text")
-    d["candidate"] = pd.Categorical(d.candidate, categories=RULES, ordered=True)
+    d["candidate"] = pd.Categorical(d.candidate, categories=rules, ordered=True)
     d = d.sort_values(["model", "scope", "candidate"], ascending=[False, True, True])
     g = d.groupby(["model", "scope", "candidate"], sort=False, observed=True).agg(
         fits=("n_iter", "size"), accuracy=("test_accuracy", "mean"),
