@@ -32,7 +32,8 @@ from ._cv_base import _BaseProbeCV
 from ._modules import StackedAttentionProbeModule
 from ._packing import inverse_order, pack_by_idle_splits
 from ._streaming import make_training_set, should_stream
-from ._training import fit_module, per_sample_log_loss
+from ._loops import HeldOutLoss
+from ._training import fit_module
 
 
 class AttentionProbeClassifierCV(_BaseProbeCV):
@@ -316,7 +317,7 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
                                  dtype=pdtype, device=device)
         watch = None
         if self.held_out_stopping is not None:
-            watch = _HeldOutLoss(train_set, np.repeat(held_out, n_cand, axis=1),
+            watch = HeldOutLoss(train_set, np.repeat(held_out, n_cand, axis=1),
                                  self.held_out_stopping, settle=self.refit_steps == "cv")
         result = fit_module(
             module, train_set, solver=self.solver,
@@ -383,42 +384,3 @@ class AttentionProbeClassifierCV(_BaseProbeCV):
         """
         return self._best().attention_entropy(X)
 
-
-class _HeldOutLoss:
-    """Each working model's weighted log-loss on its split's held-out texts.
-
-    Per block, only the models holding out some of its texts run (one forward
-    pass over their columns): with the blocks packed by the splits that leave
-    their texts out (:func:`._packing.pack_by_idle_splits`), a fifth of the
-    models at 5 folds, so a quarter of a training forward.
-    """
-
-    def __init__(self, train_set, held_out, patience, settle=False):
-        # settle: the training rule stops a model only at its best objective
-        # (._loops.StoppingRule), so its steps end where the held-out loss
-        # stopped falling unless its objective truly converged
-        self.patience, self.settle = patience, settle
-        self.blocks = train_set.batch.blocks
-        self.starts = train_set.block_starts
-        self.y = train_set.y
-        held_out = held_out[train_set.batch.order]  # (n, all models), packed order
-        self.w = torch.as_tensor(held_out, device=train_set.y.device, dtype=train_set.w.dtype)
-        self.present = [held_out[lo:hi].any(axis=0)
-                        for lo, hi in zip(self.starts[:-1], self.starts[1:])]
-
-    def __call__(self, module, rows):
-        total = torch.zeros(len(rows), dtype=self.w.dtype, device=self.w.device)
-        weight = torch.zeros_like(total)
-        for b, block in enumerate(self.blocks):
-            local = np.flatnonzero(self.present[b][rows])
-            if not len(local):
-                continue
-            idx = torch.as_tensor(local, device=self.w.device)
-            logits = module.models_block_logits(block, local)
-            logits = logits.to(module.bias.dtype) + module.bias[idx]
-            lo, hi = self.starts[b], self.starts[b + 1]
-            w = self.w[lo:hi][:, torch.as_tensor(rows[local], device=self.w.device)]
-            loss = per_sample_log_loss(logits, self.y[lo:hi])
-            total[idx] += (loss * w).sum(0)
-            weight[idx] += w.sum(0)
-        return (total / weight.clamp_min(torch.finfo(weight.dtype).tiny)).cpu().numpy()

@@ -76,34 +76,49 @@ def _timed_fit(probe, rate, X, y):
         _attention.auto_learning_rate = original
 
 
-def run_job(job):
-    """Refit one (task, layer) with one rule and seed; a result row."""
+def job_data(job):
+    """``(X_train, y_train, X_test, y_test)`` of a refit job (memory-mapped
+    activations; one torch thread per worker)."""
     import torch
-    from sklearn.metrics import log_loss
 
-    from sklearn_attnprobe import AttentionProbeClassifier, RaggedArray
+    from sklearn_attnprobe import RaggedArray
 
     torch.set_num_threads(1)
     X = RaggedArray.load(job["path"], mmap_mode="r")
     train, test, y = job["train"], job["test"], job["y"]
-    X_train, X_test = X[train], X[test]
-    rate = learning_rate_of(job["rule"], X_train)
-    probe = AttentionProbeClassifier(n_heads=N_HEADS, weight_decay=job["weight_decay"],
-                                     max_iter=500, random_state=job["seed"])
-    seconds = _timed_fit(probe, rate, X_train, y[train])
+    return X[train], y[train], X[test], y[test]
+
+
+def refit_row(job, probe, X_test, y_test, seconds, **extra):
+    """The result row of a refitted probe (``extra`` columns after the
+    weight decay)."""
+    from sklearn.metrics import log_loss
+
     proba = probe.predict_proba(X_test)
     pred = probe.classes_[proba.argmax(axis=1)]
     return {"model": job["model"], "task": job["task"], "layer": job["layer"],
             "candidate": job["rule"], "seed": job["seed"],
-            "weight_decay": job["weight_decay"],
-            "query_learning_rate": round(float(probe.learning_rate_), 6),
-            "value_learning_rate": round(float(rate["value"] if isinstance(rate, dict)
-                                               else probe.learning_rate_), 6),
-            "test_accuracy": round(float(np.mean(pred == y[test])), 4),
-            "test_log_loss": round(float(log_loss(y[test], proba, labels=probe.classes_)), 5),
+            "weight_decay": job["weight_decay"], **extra,
+            "test_accuracy": round(float(np.mean(pred == y_test)), 4),
+            "test_log_loss": round(float(log_loss(y_test, proba, labels=probe.classes_)), 5),
             "n_iter": int(probe.n_iter_),
             "final_objective": round(float(probe.loss_curve_[-1]), 5),
             "fit_seconds": round(seconds, 2)}
+
+
+def run_job(job):
+    """Refit one (task, layer) with one rule and seed; a result row."""
+    from sklearn_attnprobe import AttentionProbeClassifier
+
+    X_train, y_train, X_test, y_test = job_data(job)
+    rate = learning_rate_of(job["rule"], X_train)
+    probe = AttentionProbeClassifier(n_heads=N_HEADS, weight_decay=job["weight_decay"],
+                                     max_iter=500, random_state=job["seed"])
+    seconds = _timed_fit(probe, rate, X_train, y_train)
+    value_rate = rate["value"] if isinstance(rate, dict) else probe.learning_rate_
+    return refit_row(job, probe, X_test, y_test, seconds,
+                     query_learning_rate=round(float(probe.learning_rate_), 6),
+                     value_learning_rate=round(float(value_rate), 6))
 
 
 @functools.lru_cache(maxsize=1)

@@ -53,35 +53,22 @@ def _fit(rule, probe, X, y):
 
 def run_job(job):
     """Refit one (task, layer) under one rule; a result row."""
-    import torch
     from sklearn.base import clone
-    from sklearn.metrics import log_loss
 
-    from sklearn_attnprobe import AttentionProbeClassifier, RaggedArray
+    from sklearn_attnprobe import AttentionProbeClassifier
 
-    torch.set_num_threads(1)
-    X = RaggedArray.load(job["path"], mmap_mode="r")
-    train, test, y = job["train"], job["test"], job["y"]
-    X_train, X_test = X[train], X[test]
+    from .learning_rate import job_data, refit_row
+
+    X_train, y_train, X_test, y_test = job_data(job)
     probe = AttentionProbeClassifier(n_heads=N_HEADS, weight_decay=job["weight_decay"],
                                      max_iter=500, random_state=job["seed"])
     start = time.perf_counter()
-    _fit(job["rule"], probe, X_train, y[train])
+    _fit(job["rule"], probe, X_train, y_train)
     best = int(np.argmin(probe.loss_curve_)) + 1
     if job["rule"] == "best-iterate" and best < probe.n_iter_:
         probe = clone(probe).set_params(max_iter=best, n_iter_no_change=None)
-        probe.fit(X_train, y[train])
-    seconds = time.perf_counter() - start
-    proba = probe.predict_proba(X_test)
-    pred = probe.classes_[proba.argmax(axis=1)]
-    return {"model": job["model"], "task": job["task"], "layer": job["layer"],
-            "candidate": job["rule"], "seed": job["seed"],
-            "weight_decay": job["weight_decay"],
-            "test_accuracy": round(float(np.mean(pred == y[test])), 4),
-            "test_log_loss": round(float(log_loss(y[test], proba, labels=probe.classes_)), 5),
-            "n_iter": int(probe.n_iter_),
-            "final_objective": round(float(probe.loss_curve_[-1]), 5),
-            "fit_seconds": round(seconds, 2)}
+        probe.fit(X_train, y_train)
+    return refit_row(job, probe, X_test, y_test, time.perf_counter() - start)
 
 
 def main(argv=None):
